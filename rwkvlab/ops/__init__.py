@@ -1,0 +1,5 @@
+"""Operators: the Bi-WKV attention of RWKV-UNet (SPEC §2)."""
+
+from rwkvlab.ops.bi_wkv import available_backends, bi_wkv
+
+__all__ = ["bi_wkv", "available_backends"]
