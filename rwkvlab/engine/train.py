@@ -1,0 +1,139 @@
+"""The training loop: linear, seeded per epoch, checkpointed every epoch, resumable.
+
+Seeding every epoch from ``seed + epoch`` (global RNGs and the augmentation's own state) makes
+a run that was killed and resumed produce the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.utils import set_determinism
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rwkvlab.config import Recipe
+from rwkvlab.data.loader import SegArrays, train_transforms
+from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.engine.evaluate import evaluate_cases, predict, summarize
+from rwkvlab.engine.losses import seg_loss
+from rwkvlab.io import atomic_write
+from rwkvlab.models import create_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["resolve_device", "fit", "data_fingerprint"]
+
+_HISTORY = ["epoch", "lr", "train_loss", "val_dsc"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> the GPU when there is one, else the CPU; any other torch device string as is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_fingerprint(data: Mapping[str, np.ndarray]) -> str:
+    """Hash of the prepared arrays and split, so a checkpoint is only resumed on the same data."""
+    h = hashlib.sha1()
+    for key in sorted(data):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(data[key]).tobytes())
+    return h.hexdigest()
+
+
+def _val_dsc(model: torch.nn.Module, data: Mapping[str, np.ndarray], device: torch.device) -> float:
+    """Mean DSC (%) over the validation cases with the test protocol (SPEC §7)."""
+    idx = data["split_val"]
+    pred = predict(model, data["images"][idx], batch_size=8, device=device)
+    return summarize(evaluate_cases(pred, data["masks"][idx], data["ids"][idx], data["class_names"]))["dsc"]
+
+
+def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir: Path, *, seed: int,
+        device: torch.device, num_workers: int = 0, history_csv: Path | None = None,
+        stop_after: int | None = None) -> pd.DataFrame:
+    """Train ``model_name`` on the ``train`` split, select on ``val``; resume from ``run_dir/last.pt``.
+
+    Args:
+        model_name: a registered model.
+        data: prepared arrays (:func:`rwkvlab.data.load_prepared`).
+        recipe: optimiser, schedule and loss settings.
+        run_dir: where ``last.pt`` (every epoch) and ``best.pt`` (best val DSC) go.
+        seed: base seed; epoch ``e`` is seeded with ``seed + e``.
+        device: where to train.
+        num_workers: DataLoader workers.
+        history_csv: rewritten after every epoch with the history so far (DVC plots), if given.
+        stop_after: end after this many epochs of this call (to test resuming); ``None`` runs to the end.
+
+    Returns:
+        one row per epoch: epoch, lr, train_loss, val_dsc.
+    """
+    run_dir = Path(run_dir)
+    num_classes = len(data["class_names"])
+    config: dict[str, Any] = {"model": model_name, "num_classes": num_classes, "recipe": asdict(recipe),
+                              "seed": seed, "data": data_fingerprint(data)}
+    set_determinism(seed)
+    model = create_model(model_name, in_chans=3, num_classes=num_classes).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=recipe.min_lr)
+    loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
+    start, best, history = 0, -1.0, []
+
+    state = load_checkpoint(run_dir / "last.pt", config)
+    if state is not None:
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best, history = state["epoch"] + 1, state["best_val_dsc"], state["history"]
+        logger.info("resuming %s from epoch %d", run_dir / "last.pt", start)
+
+    transform = train_transforms(seed) if recipe.augment else None
+    train_set = SegArrays(data, "train", transform)
+    end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
+    for epoch in range(start, end):
+        set_determinism(seed + epoch)
+        if transform is not None:
+            transform.set_random_state(seed + epoch)
+        loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=False,
+                            num_workers=num_workers)
+        model.train()
+        losses = []
+        for batch in tqdm(loader, desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}", unit="batch", leave=False):
+            logits = model(batch["image"].to(device))
+            loss = loss_fn(logits, batch["label"].to(device).round().long())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        val_dsc = _val_dsc(model, data, device)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc})
+        logger.info("epoch %d: loss %.4f, val DSC %.2f", epoch + 1, history[-1]["train_loss"], val_dsc)
+        improved = val_dsc > best
+        best = max(best, val_dsc)
+        save_checkpoint(run_dir / "last.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best_val_dsc": best, "history": history, "model_name": model_name,
+            "config": config, "git_revision": git_revision(),
+        })
+        if improved:
+            atomic_write(run_dir / "best.pt", lambda f: shutil.copyfile(run_dir / "last.pt", f))
+        _write_history(history, history_csv)
+    _write_history(history, history_csv)  # also when resuming a finished run
+    return pd.DataFrame(history, columns=_HISTORY)
+
+
+def _write_history(history: list[dict], path: Path | None) -> None:
+    if path is not None:
+        frame = pd.DataFrame(history, columns=_HISTORY)
+        atomic_write(path, lambda f: frame.to_csv(f, index=False))
