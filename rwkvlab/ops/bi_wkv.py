@@ -1,0 +1,85 @@
+"""Public Bi-WKV operator and its backend dispatcher (SPEC §2).
+
+The backend is resolved in this order: the ``backend`` argument, then the environment variable
+``RWKVLAB_WKV_BACKEND``, then ``"auto"`` (the fastest registered backend that supports the
+inputs). The choice made by ``auto`` is logged once per (device type, backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from torch import Tensor
+
+from rwkvlab.ops._reference import bi_wkv_reference
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["bi_wkv", "available_backends", "register_backend"]
+
+# name -> (function, supports(k) -> bool); registered from fastest to slowest for ``auto``.
+_BACKENDS: dict[str, tuple[Callable[..., Tensor], Callable[[Tensor], bool]]] = {}
+_logged: set[tuple[str, str]] = set()
+
+
+def register_backend(
+    name: str, fn: Callable[..., Tensor], supports: Callable[[Tensor], bool], fastest: bool = False
+) -> None:
+    """Add a backend; ``fastest`` puts it first in the ``auto`` order."""
+    global _BACKENDS
+    if fastest:
+        _BACKENDS = {name: (fn, supports), **{n: b for n, b in _BACKENDS.items() if n != name}}
+    else:
+        _BACKENDS[name] = (fn, supports)
+
+
+register_backend("reference", bi_wkv_reference, lambda k: True)
+
+
+def available_backends(k: Tensor) -> list[str]:
+    """Names of the backends usable for a tensor like ``k``, fastest first."""
+    return [name for name, (_, supports) in _BACKENDS.items() if supports(k)]
+
+
+def _check(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> None:
+    if k.dim() != 3 or v.shape != k.shape:
+        raise ValueError(f"bi_wkv: k and v must both be (N, T, C); got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    c = k.shape[-1]
+    if w.shape != (c,) or u.shape != (c,):
+        raise ValueError(f"bi_wkv: w and u must be ({c},); got w {tuple(w.shape)}, u {tuple(u.shape)}")
+    if len({k.device, v.device, w.device, u.device}) != 1:
+        raise ValueError("bi_wkv: k, v, w and u must be on one device")
+
+
+def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") -> Tensor:
+    """Bidirectional WKV attention of Vision-RWKV, exactly as SPEC §2.
+
+    ``y_t = softmax_i(L_ti) . v_i`` with ``L_ti = k_i - (|t-i| - 1) w`` for ``i != t`` and
+    ``L_tt = u + k_t``.
+
+    Args:
+        k: keys, (N, T, C).
+        v: values, (N, T, C).
+        w: decay per channel, (C,), already divided by T; may be negative.
+        u: bonus of the token itself per channel, (C,), already divided by T.
+        backend: ``"auto"``, or a name from :func:`available_backends`.
+
+    Shape:
+        (N, T, C) -> (N, T, C), dtype of ``k``.
+    """
+    _check(k, v, w, u)
+    if backend == "auto":
+        backend = os.environ.get("RWKVLAB_WKV_BACKEND", "auto")
+    if backend == "auto":
+        backend = available_backends(k)[0]
+        if (k.device.type, backend) not in _logged:
+            _logged.add((k.device.type, backend))
+            logger.info("bi_wkv: using backend %r for %s tensors", backend, k.device.type)
+    if backend not in _BACKENDS:
+        raise ValueError(f"bi_wkv: unknown backend {backend!r}; registered: {sorted(_BACKENDS)}")
+    fn, supports = _BACKENDS[backend]
+    if not supports(k):
+        raise ValueError(f"bi_wkv: backend {backend!r} does not support {k.dtype} tensors on {k.device}")
+    return fn(k, v, w, u)
