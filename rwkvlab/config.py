@@ -53,6 +53,10 @@ class Recipe:
     dice_weight: float
     test_checkpoint: Literal["best", "last"] = "best"
     augment: bool = True
+    # Not in the paper: recompute BatchNorm statistics on the training images before each
+    # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
+    # that lag far behind the weights.
+    precise_bn: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import ast
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -47,7 +48,7 @@ def test_notebooks_are_thin_and_stripped():
 
 
 def test_dvc_pipeline_is_valid():
-    out = subprocess.run(["dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"prepare", "report"} <= names and any(n.startswith("train@") for n in names)
 

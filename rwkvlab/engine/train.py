@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.utils import set_determinism
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -116,6 +117,9 @@ def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        if recipe.precise_bn:
+            plain = DataLoader(SegArrays(data, "train"), batch_size=recipe.batch_size, num_workers=num_workers)
+            update_bn((b["image"] for b in plain), model, device=device)
         val_dsc = _val_dsc(model, data, device)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc})
         logger.info("epoch %d: loss %.4f, val DSC %.2f", epoch + 1, history[-1]["train_loss"], val_dsc)

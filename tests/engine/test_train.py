@@ -92,3 +92,17 @@ def test_training_learns(data, tmp_path):
     recipe = Recipe(**{**RECIPE.__dict__, "epochs": 8, "augment": False})
     h = fit("rwkv_unet_t", data, recipe, tmp_path / "l", seed=0, device=torch.device("cpu"))
     assert h["train_loss"].iloc[-1] < 0.8 * h["train_loss"].iloc[0]  # a frozen model stays near 1.0
+
+
+def test_precise_bn_sets_running_stats_to_training_set_statistics(data, tmp_path):
+    recipe = Recipe(**{**RECIPE.__dict__, "epochs": 1, "batch_size": 8, "precise_bn": True})  # one batch of 6
+    fit("rwkv_unet_t", data, recipe, tmp_path / "p", seed=0, device=torch.device("cpu"))
+    model, _ = load_trained(tmp_path / "p", "last", torch.device("cpu"))
+    bn = model.encoder.stem.expand[1]
+    seen = []
+    bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    x = torch.from_numpy(data["images"][data["split_train"]]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        model(x)
+    torch.testing.assert_close(bn.running_mean, seen[0].mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, seen[0].var((0, 2, 3)), rtol=1e-4, atol=1e-5)
