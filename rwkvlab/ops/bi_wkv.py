@@ -3,6 +3,11 @@
 The backend is resolved in this order: the ``backend`` argument, then the environment variable
 ``RWKVLAB_WKV_BACKEND``, then ``"auto"`` (the fastest registered backend that supports the
 inputs). The choice made by ``auto`` is logged once per (device type, backend).
+
+Backends, fastest first: ``cuda`` (CUDA tensors, ``kernels/wkv_cuda.cu``), ``cpu`` (CPU tensors,
+``kernels/wkv_cpu.cpp``), ``chunked`` (pure PyTorch, any device) and ``reference`` (the O(T^2)
+specification). The kernels are built on first use, never at import; a backend whose kernel cannot
+be built logs why once and runs ``chunked``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from rwkvlab.ops._cpu import bi_wkv_chunked, bi_wkv_cpu
 from rwkvlab.ops._reference import bi_wkv_reference
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,18 @@ def register_backend(
 
 
 register_backend("reference", bi_wkv_reference, lambda k: True)
+register_backend("chunked", bi_wkv_chunked, lambda k: True, fastest=True)
+register_backend("cpu", bi_wkv_cpu, lambda k: k.device.type == "cpu", fastest=True)
+
+
+def _bi_wkv_cuda(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
+    # Imported on first use, so that ``python -m rwkvlab.ops._cuda`` does not import it twice.
+    from rwkvlab.ops._cuda import bi_wkv_cuda
+
+    return bi_wkv_cuda(k, v, w, u)
+
+
+register_backend("cuda", _bi_wkv_cuda, lambda k: k.is_cuda, fastest=True)
 
 
 def available_backends(k: Tensor) -> list[str]:
@@ -82,4 +100,6 @@ def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") ->
     fn, supports = _BACKENDS[backend]
     if not supports(k):
         raise ValueError(f"bi_wkv: backend {backend!r} does not support {k.dtype} tensors on {k.device}")
+    if k.numel() == 0:  # the fast paths assume N, T, C >= 1
+        fn = bi_wkv_reference
     return fn(k, v, w, u)
