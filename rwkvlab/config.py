@@ -34,10 +34,15 @@ class Prepare:
     """Validation, split and caching of the datasets."""
 
     datasets: dict[str, Path] = field(default_factory=lambda: {"demo": Path("data/demo")})
-    image_size: tuple[int, int] = (96, 128)
-    split: dict[str, float] = field(default_factory=lambda: {"train": 0.67, "val": 0.165, "test": 0.165})
-    split_seeds: tuple[int, ...] = (0,)
+    image_size: dict[str, tuple[int, int]] = field(default_factory=lambda: {"demo": (96, 128)})
+    options: dict[str, dict[str, bool]] = field(default_factory=dict)
+    split_seeds: tuple[int, ...] = (0, 1, 2)
     card_montage: int = 8
+
+    def size(self, dataset: str) -> tuple[int, int]:
+        if dataset not in self.image_size:
+            raise ValueError(f"params.yaml: prepare.image_size has no entry for dataset {dataset!r}")
+        return self.image_size[dataset]
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Recipe:
     ce_weight: float
     dice_weight: float
     test_checkpoint: Literal["best", "last"] = "best"
-    augment: bool = True
+    augment: Literal["none", "light", "acdc"] = "light"  # rwkvlab.data.augment
     # Not in the paper: recompute BatchNorm statistics on the training images before each
     # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
     # that lag far behind the weights.
@@ -63,17 +68,17 @@ class Recipe:
 class Train:
     """Which models to train on which dataset, and the recipes."""
 
-    dataset: str = "demo"
+    datasets: tuple[str, ...] = ("demo",)
     split_seed: int = 0
     models: tuple[str, ...] = ("rwkv_unet_t",)
     num_workers: int = 0
     recipes: dict[str, Recipe] = field(default_factory=dict)
 
-    def recipe(self) -> Recipe:
-        if self.dataset not in self.recipes:
-            raise ValueError(f"params.yaml: train.recipes has no recipe for dataset {self.dataset!r}; "
+    def recipe(self, dataset: str) -> Recipe:
+        if dataset not in self.recipes:
+            raise ValueError(f"params.yaml: train.recipes has no recipe for dataset {dataset!r}; "
                              f"recipes: {sorted(self.recipes)}")
-        return self.recipes[self.dataset]
+        return self.recipes[dataset]
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,6 @@ class Report:
     """Tables and figures."""
 
     overlay_cases: int = 6
-    paper_table: str = "binary"
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,22 @@ from pathlib import Path
 
 from rwkvlab.config import Params
 
-__all__ = ["cache", "split_file", "run_dir", "train_dir", "eval_dir", "cards_dir", "figures_dir"]
+__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "cards_dir", "figures_dir"]
 
 
 def cache(p: Params, dataset: str) -> Path:
-    """Prepared arrays of ``dataset``."""
-    return p.base.data_dir / "prepared" / f"{dataset}.npz"
+    """Prepared cache of ``dataset`` (its folder is the prepare stage's output)."""
+    return p.base.data_dir / "prepared" / dataset / "cache.h5"
+
+
+def splits_dir(p: Params, dataset: str) -> Path:
+    """Split files of ``dataset``."""
+    return p.base.data_dir / "splits" / dataset
 
 
 def split_file(p: Params, dataset: str, seed: int) -> Path:
     """The split of ``dataset`` drawn with ``seed``."""
-    return p.base.data_dir / "splits" / dataset / f"seed{seed}.json"
+    return splits_dir(p, dataset) / f"seed{seed}.json"
 
 
 def run_dir(p: Params, dataset: str, model: str) -> Path:
@@ -24,14 +29,14 @@ def run_dir(p: Params, dataset: str, model: str) -> Path:
     return p.base.checkpoints_dir / dataset / model
 
 
-def train_dir(p: Params, model: str) -> Path:
-    """Training history of ``model`` (DVC plots)."""
-    return p.base.reports_dir / "train" / model
+def train_dir(p: Params, dataset: str, model: str) -> Path:
+    """Training history of one run (DVC plots)."""
+    return p.base.reports_dir / "train" / dataset / model
 
 
-def eval_dir(p: Params, model: str) -> Path:
-    """Test metrics and predictions of ``model``."""
-    return p.base.reports_dir / "evaluate" / model
+def eval_dir(p: Params, dataset: str, model: str) -> Path:
+    """Test metrics and predictions of one run."""
+    return p.base.reports_dir / "evaluate" / dataset / model
 
 
 def cards_dir(p: Params, dataset: str) -> Path:

@@ -1,8 +1,8 @@
 """The study's notebooks run end to end with tiny parameters; dvc.yaml is valid."""
 
 import ast
+import functools
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +16,22 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY = """
 base: {{seed: 0, device: cpu, data_dir: data, reports_dir: reports, checkpoints_dir: data/checkpoints}}
 prepare:
-  datasets: {{demo: {demo}}}
-  image_size: [32, 48]
-  split: {{train: 0.67, val: 0.165, test: 0.165}}
+  datasets: {{demo: {demo}, synapse_demo: synapse_demo, busi: raw/busi}}
+  image_size: {{demo: [32, 48], synapse_demo: [32, 32], busi: [32, 32]}}
   split_seeds: [0]
   card_montage: 4
 train:
-  dataset: demo
-  split_seed: 0
+  datasets: [demo, synapse_demo]
   models: [rwkv_unet_t]
+  split_seed: 0
   num_workers: 0
   recipes:
     demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
-            dice_weight: 1.0}}
+            dice_weight: 1.0, precise_bn: true}}
+    synapse_demo: {{epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 0.0, weight_decay: 1.0e-3, ce_weight: 0.5,
+                    dice_weight: 0.5, test_checkpoint: last, augment: acdc}}
 evaluate: {{batch_size: 8}}
-report: {{overlay_cases: 2, paper_table: binary}}
+report: {{overlay_cases: 2}}
 """
 
 
@@ -50,21 +51,39 @@ def test_notebooks_are_thin_and_stripped():
 def test_dvc_pipeline_is_valid():
     out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert {"prepare", "report"} <= names and any(n.startswith("train@") for n in names)
+    assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "prepare@busi", "train@demo-rwkv_unet_t",
+            "evaluate@synapse_demo-rwkv_unet_t", "report"} <= names
 
 
 @pytest.mark.slow
 def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     papermill = pytest.importorskip("papermill")
+    from rwkvlab.data.readers.synapse_demo import generate
+
+    generate(tmp_path / "synapse_demo", seed=0)
+    (tmp_path / "raw" / "busi").mkdir(parents=True)  # an absent benchmark: reported and skipped
     params = tmp_path / "params.yaml"
     params.write_text(TINY.format(demo=ROOT / "data" / "demo"))
-    for nb in NOTEBOOKS:
-        papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"params_file": str(params)},
-                                   kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
-    metrics = json.loads((tmp_path / "reports/evaluate/rwkv_unet_t/metrics.json").read_text())
-    assert 0 <= metrics["dsc"] <= 100 and metrics["hd95"] >= 0
-    for out in ["data/prepared/demo.npz", "data/splits/demo/seed0.json", "reports/datasets/demo/card.md",
-                "reports/train/rwkv_unet_t/history.csv", "reports/results.md", "reports/results.csv",
-                "reports/figures/overlay_rwkv_unet_t.png", "reports/figures/training_curves.png"]:
+    run = functools.partial(papermill.execute_notebook, kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    for dataset in ("demo", "synapse_demo", "busi"):
+        run(str(ROOT / "notebooks/01_prepare_data.ipynb"), str(tmp_path / f"01_{dataset}.ipynb"),
+            parameters={"params_file": str(params), "dataset": dataset})
+    for dataset in ("demo", "synapse_demo"):
+        for nb in ("02_train", "03_evaluate"):
+            run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{dataset}.ipynb"),
+                parameters={"params_file": str(params), "dataset": dataset, "model": "rwkv_unet_t"})
+    run(str(ROOT / "notebooks/04_report.ipynb"), str(tmp_path / "04.ipynb"), parameters={"params_file": str(params)})
+
+    for dataset in ("demo", "synapse_demo"):
+        metrics = json.loads((tmp_path / f"reports/evaluate/{dataset}/rwkv_unet_t/metrics.json").read_text())
+        assert 0 <= metrics["dsc"] <= 100 and metrics["hd95"] >= 0
+    volumes = json.loads((tmp_path / "data/splits/synapse_demo/seed0.json").read_text())["test"]
+    per_case = (tmp_path / "reports/evaluate/synapse_demo/rwkv_unet_t/per_case.csv").read_text()
+    assert all(v in per_case for v in volumes), "synapse_demo is scored per volume"
+    assert "skipped" in (tmp_path / "reports/datasets/busi/card.md").read_text()
+    for out in ["data/prepared/demo/cache.h5", "data/splits/demo/seed0.json", "reports/datasets/demo/card.md",
+                "reports/datasets/synapse_demo/montage.png", "reports/train/demo/rwkv_unet_t/history.csv",
+                "reports/results.md", "reports/results.csv", "reports/figures/overlay_synapse_demo_rwkv_unet_t.png",
+                "reports/figures/training_curves.png"]:
         assert (tmp_path / out).is_file(), out
-    shutil.rmtree(tmp_path / "data")
+    assert "SYNTHETIC" in (tmp_path / "reports/results.md").read_text()

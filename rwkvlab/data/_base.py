@@ -1,69 +1,56 @@
-"""Dataset plumbing shared by every reader: validation, reading, splits, the prepared cache.
-
-A reader turns a raw layout into a list of :class:`Pair` (case id, image file, mask file) and
-declares how mask values map to class indices. :func:`prepare_2d` validates every file, resizes
-to the training size and writes one ``.npz`` cache (uint8 arrays) that :class:`SegArrays` reads.
-"""
+"""File-level helpers shared by the readers: pairing, reading images and masks, splits."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Pair", "pair_folder", "read_image", "read_mask", "make_split", "prepare_2d",
-           "load_prepared", "write_split"]
+__all__ = ["DataError", "pair_folder", "read_image", "read_mask", "make_split", "write_split"]
 
 
 class DataError(ValueError):
     """A dataset file or folder is not what the reader expects; the message names it."""
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One 2D case: an image file and its mask file."""
+def pair_folder(root: Path, image_dir: str, mask_dir: str, problems: list[str], mask_suffix: str = "",
+                expected: str = "") -> list[tuple[str, Path, Path]]:
+    """Match ``root/image_dir/<id>.*`` with ``root/mask_dir/<id><mask_suffix>.*``.
 
-    case_id: str
-    image: Path
-    mask: Path
+    Appends a problem for each missing or empty folder and each image without a mask.
 
-
-def pair_folder(root: Path, image_dir: str = "images", mask_dir: str = "masks",
-                mask_suffix: str = "", mask_ext: str | None = None) -> list[Pair]:
-    """Match ``root/image_dir/<id>.<ext>`` with ``root/mask_dir/<id><mask_suffix>.<mask_ext>``.
-
-    Raises:
-        DataError: missing or empty folder, an image without mask, or duplicate ids.
+    Returns:
+        (case id, image file, mask file), sorted by id.
     """
     root = Path(root)
     img_root, mask_root = root / image_dir, root / mask_dir
-    expected = f"expected {root}/{image_dir}/<id>.<ext> and {root}/{mask_dir}/<id>{mask_suffix}.<ext>"
+    expected = expected or f"expected {img_root}/<id>.<ext> and {mask_root}/<id>{mask_suffix}.<ext>"
+    ok = True
     for folder in (img_root, mask_root):
         if not folder.is_dir():
-            raise DataError(f"{folder}: folder not found; {expected}")
+            problems.append(f"{folder}: folder not found; {expected}")
+            ok = False
+    if not ok:
+        return []
     images = sorted(p for p in img_root.iterdir() if p.is_file() and not p.name.startswith("."))
     if not images:
-        raise DataError(f"{img_root}: folder is empty; {expected}")
-    masks = {p.stem: p for p in mask_root.iterdir() if p.is_file() and (mask_ext is None or p.suffix == mask_ext)}
-    pairs, seen = [], set()
+        problems.append(f"{img_root}: folder is empty; {expected}")
+    masks = {p.stem: p for p in mask_root.iterdir() if p.is_file() and not p.name.startswith(".")}
+    pairs = []
     for img in images:
-        if img.stem in seen:
-            raise DataError(f"{img}: duplicate case id {img.stem!r} (two images with this name)")
-        seen.add(img.stem)
         mask = masks.get(img.stem + mask_suffix)
         if mask is None:
-            raise DataError(f"{img}: no mask; expected {mask_root}/{img.stem}{mask_suffix}.<ext>")
-        pairs.append(Pair(img.stem, img, mask))
+            problems.append(f"{img}: no mask; expected {mask_root}/{img.stem}{mask_suffix}.<ext>")
+        else:
+            pairs.append((img.stem, img, mask))
     return pairs
 
 
@@ -76,13 +63,16 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from e
 
 
-def read_mask(path: Path, values: Mapping[int, int], shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[int, int] | None = None,
+              threshold: int | None = None) -> np.ndarray:
     """Read a single-channel mask and map its pixel values to class indices.
 
     Args:
         path: mask file.
         values: pixel value -> class index, e.g. ``{0: 0, 255: 1}``; any other value is an error.
         shape: the (H, W) the mask must have (its image's).
+        threshold: instead of ``values``, class 1 where the grey value exceeds it (lossy JPEG masks)
+            and 0 elsewhere.
 
     Returns:
         uint8 class map (H, W).
@@ -96,6 +86,8 @@ def read_mask(path: Path, values: Mapping[int, int], shape: tuple[int, int] | No
     if shape is not None and raw.shape != shape:
         raise DataError(f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
                         f"{shape[1]}x{shape[0]}; expected the same size")
+    if threshold is not None:
+        return (raw > threshold).astype(np.uint8)
     found = np.unique(raw)
     unexpected = sorted(set(found.tolist()) - set(values))
     if unexpected:
@@ -122,55 +114,6 @@ def make_split(ids: Sequence[str], fractions: Mapping[str, float], seed: int) ->
         split[name] = sorted(order[start:stop].tolist())
         start = stop
     return split
-
-
-def _resize(a: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    h, w = size
-    return np.asarray(Image.fromarray(a).resize((w, h), resample=resample))
-
-
-def prepare_2d(pairs: Sequence[Pair], values: Mapping[int, int], size: tuple[int, int], out: Path,
-               class_names: Sequence[str]) -> Path:
-    """Validate, resize and cache a 2D dataset as one ``.npz`` file.
-
-    Images are resized with a box (area) filter, masks with nearest neighbour. Nothing is written
-    unless every file passes validation. The arrays are ``images`` (N, H, W, 3) uint8, ``masks``
-    (N, H, W) uint8 class indices, ``ids`` and ``class_names``.
-
-    Args:
-        pairs: the cases.
-        values: mask pixel value -> class index.
-        size: (H, W) of the cache.
-        out: the ``.npz`` to write.
-        class_names: names of the classes, background first.
-    """
-    images, masks = [], []
-    for pair in tqdm(pairs, desc=f"prepare {out.name}", unit="case"):
-        img = read_image(pair.image)
-        mask = read_mask(pair.mask, values, shape=img.shape[:2])
-        images.append(_resize(img, size, Image.BOX))
-        masks.append(_resize(mask, size, Image.NEAREST))
-    arrays = {"images": np.stack(images), "masks": np.stack(masks), "ids": np.array([p.case_id for p in pairs]),
-              "class_names": np.array(class_names)}
-    atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
-    return out
-
-
-def load_prepared(cache: Path, split_file: Path) -> dict[str, np.ndarray]:
-    """Load a cache of :func:`prepare_2d` and a split JSON; adds ``split_<name>`` index arrays."""
-    cache, split_file = Path(cache), Path(split_file)
-    for path in (cache, split_file):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare)")
-    with np.load(cache) as f:
-        data = {k: f[k] for k in f.files}
-    index = {cid: i for i, cid in enumerate(data["ids"].tolist())}
-    for name, members in json.loads(split_file.read_text()).items():
-        missing = sorted(set(members) - set(index))
-        if missing:
-            raise DataError(f"{split_file}: split {name!r} names cases not in {cache}: {missing[:5]}")
-        data[f"split_{name}"] = np.array([index[c] for c in members], dtype=np.int64)
-    return data
 
 
 def write_split(split: Mapping[str, Sequence[str]], path: Path) -> None:

@@ -1,36 +1,46 @@
-"""Torch datasets over the prepared cache, and the training augmentation (MONAI)."""
+"""Torch datasets over the prepared cache."""
 
 from __future__ import annotations
-
-import math
-from typing import Mapping
 
 import numpy as np
 import torch
 from monai import transforms as mt
 from torch.utils.data import Dataset
 
-__all__ = ["SegArrays", "train_transforms"]
+from rwkvlab.data.cache import Prepared
+
+__all__ = ["SegArrays", "as_float", "to_tensor"]
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Cached pixels (uint8 0-255 or float16 0-1) -> float32 in [0, 1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """Cached images (N, H, W, C), uint8 or float16 -> float32 (N, C, H, W) in [0, 1]."""
+    return as_float(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
 class SegArrays(Dataset):
-    """Cases of one split of a prepared 2D cache.
+    """The 2D items of one split of a prepared dataset.
 
     Args:
-        data: the arrays of :func:`rwkvlab.data.load_prepared`.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        data: a prepared dataset (:func:`rwkvlab.data.load_prepared`).
+        split: a split name of its split file (``train``, ``val``, ...).
         transform: dictionary transform applied to ``{"image", "label"}``, or ``None``.
 
     Items:
-        ``{"image": float32 (3, H, W) in [0, 1], "label": float32 (1, H, W) class indices}``.
+        ``{"image": (C, H, W), "label": (1, H, W) class indices}``. Without a transform they keep the
+        cache's dtypes (uint8 or float16 images, uint8 labels) so that batches stay small until they
+        reach the device (convert with :func:`as_float` there); a transform gets and returns float32.
     """
 
-    def __init__(self, data: Mapping[str, np.ndarray], split: str, transform: mt.Transform | None = None) -> None:
-        key = f"split_{split}"
-        if key not in data:
-            raise KeyError(f"the prepared data has no split {split!r}")
-        self.index = data[key]
-        self.images, self.masks, self.ids = data["images"], data["masks"], data["ids"]
+    def __init__(self, data: Prepared, split: str, transform: mt.Transform | None = None) -> None:
+        if split not in data.splits:
+            raise KeyError(f"{data.dataset}: no split {split!r}; splits: {sorted(data.splits)}")
+        self.index = data.splits[split]
+        self.data = data
         self.transform = transform
 
     def __len__(self) -> int:
@@ -38,21 +48,8 @@ class SegArrays(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = self.index[i]
-        item = {"image": torch.from_numpy(self.images[j]).permute(2, 0, 1).float().div_(255),
-                "label": torch.from_numpy(self.masks[j])[None].float()}
-        return self.transform(item) if self.transform is not None else item
-
-
-def train_transforms(seed: int) -> mt.Compose:
-    """Random flips, rotation up to 30 degrees and brightness/contrast (after SPEC §6)."""
-    keys = ("image", "label")
-    compose = mt.Compose([
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
-        mt.RandRotated(keys, range_x=math.pi / 6, prob=0.3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-        mt.RandScaleIntensityd("image", factors=0.2, prob=0.3),
-        mt.RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.3),
-        mt.ToTensord(keys, track_meta=False),  # plain tensors: MetaTensor bookkeeping only costs time here
-    ])
-    compose.set_random_state(seed)
-    return compose
+        item = {"image": torch.from_numpy(self.data.images[j]).permute(2, 0, 1),
+                "label": torch.from_numpy(self.data.masks[j])[None]}
+        if self.transform is None:
+            return item
+        return self.transform({"image": as_float(item["image"]), "label": item["label"].float()})

@@ -1,18 +1,19 @@
-"""The prepare stage: validate a raw dataset, cache it at the training size, write its splits and card."""
+"""The prepare stage of one dataset: validate its raw folder, cache it, split it, describe it."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from rwkvlab.data import DATASETS
+from rwkvlab.data.cache import Prepared, prepare
+from rwkvlab.data.reader import get_reader
 from rwkvlab.io import atomic_write
-from rwkvlab.data._base import DataError, make_split, prepare_2d, write_split
 from rwkvlab.report.figures import dataset_montage, save_figure
 
 logger = logging.getLogger(__name__)
@@ -20,51 +21,69 @@ logger = logging.getLogger(__name__)
 __all__ = ["prepare_dataset", "dataset_card", "write_card"]
 
 
-def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], fractions: Mapping[str, float],
-                    seeds: Sequence[int], cache_dir: Path, splits_dir: Path) -> Path:
-    """Validate ``raw_root``, write ``cache_dir/<name>.npz`` and ``splits_dir/<name>/seed<k>.json``.
+def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], seeds: Sequence[int], cache: Path,
+                    splits_dir: Path, card_dir: Path, options: dict[str, Any] | None = None) -> bool:
+    """Prepare ``name`` from ``raw_root``, or report and skip it when the folder holds no data.
+
+    A skipped dataset still gets its outputs (``cache`` replaced by ``<cache>.skipped.json`` with the
+    reason and expected layout, a note in ``splits_dir`` and a card saying so in ``card_dir``), so a
+    pipeline over many datasets goes on.
+
+    Returns:
+        ``True`` if prepared, ``False`` if skipped.
 
     Raises:
-        DataError: naming the first file or folder that is not as the dataset's layout expects.
+        DataError: the folder has data but does not match the layout (every problem listed).
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    h, w = image_size
-    if h % 16 or w % 16:
-        raise ValueError(f"prepare.image_size must be multiples of 16 (RWKV-UNet), got {h}x{w}")
-    spec = DATASETS[name]
-    pairs = spec.pairs(Path(raw_root))
-    cache = prepare_2d(pairs, spec.mask_values, image_size, Path(cache_dir) / f"{name}.npz", spec.class_names)
-    ids = [p.case_id for p in pairs]
-    for seed in seeds:
-        write_split(make_split(ids, fractions, seed), Path(splits_dir) / name / f"seed{seed}.json")
-    logger.info("prepared %s: %d cases at %dx%d -> %s", name, len(ids), h, w, cache)
-    return cache
+    reader = get_reader(name, raw_root, **(options or {}))
+    raw_root = Path(raw_root)
+    present = raw_root.is_dir() and any(not p.name.startswith(".") and p.name != "README.md"
+                                        for p in raw_root.iterdir())
+    status = Path(cache).with_suffix(".skipped.json")
+    if not present:
+        reason = f"{raw_root}: no raw data; to use {name}, put the published files there. {reader.expected()}"
+        logger.warning("skipping %s: %s", name, reason)
+        atomic_write(status, lambda f: f.write_text(json.dumps({"dataset": name, "skipped": reason}, indent=2)))
+        for note in (Path(splits_dir) / "SKIPPED.txt", Path(card_dir) / "card.md"):
+            atomic_write(note, lambda f: f.write_text(f"# {name}: skipped\n\n{reason}\n"))
+        return False
+    for stale in (status, Path(splits_dir) / "SKIPPED.txt"):
+        stale.unlink(missing_ok=True)
+    prepare(reader, image_size, Path(cache), Path(splits_dir), seeds)
+    return True
 
 
-def dataset_card(data: Mapping[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Counts per split and class pixel frequencies of a prepared dataset (with a split loaded)."""
-    splits = [k.removeprefix("split_") for k in data if k.startswith("split_")]
-    n, h, w = data["masks"].shape
-    counts = pd.DataFrame([{"split": s, "cases": len(data[f"split_{s}"])} for s in splits]
-                          + [{"split": "all", "cases": n}])
-    pixels = np.bincount(data["masks"].ravel(), minlength=len(data["class_names"]))
-    freq = pd.DataFrame({"class": data["class_names"], "pixel_fraction": np.round(pixels / pixels.sum(), 4),
-                         "cases_present": [(data["masks"] == c).any(axis=(1, 2)).sum()
-                                           for c in range(len(data["class_names"]))]})
-    return counts, freq
+def dataset_card(data: Prepared) -> dict[str, pd.DataFrame]:
+    """Tables of a prepared dataset: cases per split, original image sizes, class pixel frequencies."""
+    counts = pd.DataFrame([{"split": s, "2d_items": len(idx), "volumes": len(data.volume_splits.get(s, []))}
+                           for s, idx in data.splits.items()])
+    labels = [data.masks[data.labelled]] + [lab for _, lab in data.volumes.values()]
+    pixels = sum(np.bincount(a.ravel(), minlength=data.num_classes) for a in labels)
+    present = sum(np.array([[(m == c).any() for c in range(data.num_classes)] for m in a]).sum(0)
+                  for a in [data.masks[data.labelled], [lab for _, lab in data.volumes.values()]] if len(a))
+    freq = pd.DataFrame({"class": data.class_names, "pixel_fraction": np.round(pixels / max(pixels.sum(), 1), 5),
+                         "cases_present": present})
+    shapes = [f"{h}x{w}" for h, w in data.sizes] + [f"{d}x{h}x{w}" for d, h, w in
+                                                    (img.shape for img, _ in data.volumes.values())]
+    size_table = (pd.Series(shapes, dtype=str).value_counts().rename_axis("original size (HxW or DxHxW)")
+                  .reset_index(name="cases").head(15))
+    return {"cases per split": counts, "original image sizes": size_table, "class pixel frequencies": freq}
 
 
-def write_card(name: str, description: str, data: Mapping[str, np.ndarray], out_dir: Path,
-               montage: int) -> plt.Figure:
-    """Write ``out_dir/card.md`` and ``out_dir/montage.png`` for one prepared dataset; returns the montage."""
-    counts, freq = dataset_card(data)
-    n, h, w = data["masks"].shape
-    md = (f"# Dataset card: {name}\n\n{description}\n\nPrepared size: {h}x{w} (HxW), {n} cases.\n\n"
-          f"## Cases per split\n\n{counts.to_markdown(index=False)}\n\n"
-          f"## Class pixel frequencies\n\n{freq.to_markdown(index=False)}\n\n![montage](montage.png)\n")
+def write_card(data: Prepared, description: str, out_dir: Path, montage: int) -> plt.Figure:
+    """Write ``out_dir/card.md`` and ``out_dir/montage.png``; returns the montage figure."""
+    tables = dataset_card(data)
+    n, h, w = data.masks.shape
+    vol = ", ".join(f"{vid} {tuple(img.shape)}" for vid, (img, _) in list(data.volumes.items())[:12])
+    md = (f"# Dataset card: {data.dataset}\n\n{description}\n\n"
+          f"2D items prepared at {h}x{w} (HxW): {n}. Volumes (original size, D x H x W): "
+          f"{len(data.volumes)}{': ' + vol if vol else ''}.\n\n"
+          + "".join(f"## {title.capitalize()}\n\n{t.to_markdown(index=False)}\n\n" for title, t in tables.items())
+          + "![montage](montage.png)\n")
     atomic_write(Path(out_dir) / "card.md", lambda p: p.write_text(md))
-    k = min(montage, n)
-    fig = dataset_montage(data["images"][:k], data["masks"][:k], data["ids"][:k].tolist(), len(data["class_names"]))
+    pick = np.linspace(0, n - 1, min(montage, n)).astype(int) if n else np.zeros(0, int)
+    images = data.images[pick]
+    fig = dataset_montage(images if images.dtype == np.uint8 else images[..., 0].astype(np.float32),
+                          data.masks[pick], data.ids[pick].tolist(), data.num_classes)
     save_figure(fig, Path(out_dir) / "montage.png")
     return fig

@@ -7,11 +7,12 @@ a run that was killed and resumed produce the same weights as one that was not.
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rwkvlab.config import Recipe
-from rwkvlab.data.loader import SegArrays, train_transforms
+from rwkvlab.data.augment import train_transforms
+from rwkvlab.data.cache import Prepared
+from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
-from rwkvlab.engine.evaluate import evaluate_cases, predict, summarize
+from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.losses import seg_loss
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
@@ -43,30 +46,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def data_fingerprint(data: Mapping[str, np.ndarray]) -> str:
+def data_fingerprint(data: Prepared) -> str:
     """Hash of the prepared arrays and split, so a checkpoint is only resumed on the same data."""
     h = hashlib.sha1()
-    for key in sorted(data):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(data[key]).tobytes())
+    for arr in (data.images, data.masks, data.ids, *data.splits.values()):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    for vid in sorted(data.volumes):
+        h.update(vid.encode())
+        h.update(data.volumes[vid][1].tobytes())
+    h.update(repr(sorted(data.volume_splits.items())).encode())
     return h.hexdigest()
 
 
-def _val_dsc(model: torch.nn.Module, data: Mapping[str, np.ndarray], device: torch.device) -> float:
-    """Mean DSC (%) over the validation cases with the test protocol (SPEC §7)."""
-    idx = data["split_val"]
-    pred = predict(model, data["images"][idx], batch_size=8, device=device)
-    return summarize(evaluate_cases(pred, data["masks"][idx], data["ids"][idx], data["class_names"]))["dsc"]
+def _val_dsc(model: torch.nn.Module, data: Prepared, device: torch.device) -> float:
+    """Mean DSC (%) over the validation cases with the test protocol (SPEC §7); NaN without a val split."""
+    if not len(data.splits.get("val", [])) and not data.volume_splits.get("val"):
+        return float("nan")
+    return summarize(evaluate_split(model, data, "val", batch_size=8, device=device)[0])["dsc"]
 
 
-def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir: Path, *, seed: int,
+def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
         device: torch.device, num_workers: int = 0, history_csv: Path | None = None,
         stop_after: int | None = None) -> pd.DataFrame:
     """Train ``model_name`` on the ``train`` split, select on ``val``; resume from ``run_dir/last.pt``.
 
+    Without a ``val`` split (Synapse: the paper tests the last epoch) ``best.pt`` is the last epoch.
+
     Args:
         model_name: a registered model.
-        data: prepared arrays (:func:`rwkvlab.data.load_prepared`).
+        data: a prepared dataset (:func:`rwkvlab.data.load_prepared`).
         recipe: optimiser, schedule and loss settings.
         run_dir: where ``last.pt`` (every epoch) and ``best.pt`` (best val DSC) go.
         seed: base seed; epoch ``e`` is seeded with ``seed + e``.
@@ -79,11 +87,10 @@ def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir
         one row per epoch: epoch, lr, train_loss, val_dsc.
     """
     run_dir = Path(run_dir)
-    num_classes = len(data["class_names"])
-    config: dict[str, Any] = {"model": model_name, "num_classes": num_classes, "recipe": asdict(recipe),
-                              "seed": seed, "data": data_fingerprint(data)}
+    config: dict[str, Any] = {"model": model_name, "num_classes": data.num_classes, "in_chans": data.in_chans,
+                              "recipe": asdict(recipe), "seed": seed, "data": data_fingerprint(data)}
     set_determinism(seed)
-    model = create_model(model_name, in_chans=3, num_classes=num_classes).to(device)
+    model = create_model(model_name, in_chans=data.in_chans, num_classes=data.num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=recipe.min_lr)
     loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
@@ -97,7 +104,7 @@ def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir
         start, best, history = state["epoch"] + 1, state["best_val_dsc"], state["history"]
         logger.info("resuming %s from epoch %d", run_dir / "last.pt", start)
 
-    transform = train_transforms(seed) if recipe.augment else None
+    transform = train_transforms(recipe.augment, data.images.shape[1:3], seed)
     train_set = SegArrays(data, "train", transform)
     end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
     for epoch in range(start, end):
@@ -109,7 +116,7 @@ def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir
         model.train()
         losses = []
         for batch in tqdm(loader, desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}", unit="batch", leave=False):
-            logits = model(batch["image"].to(device))
+            logits = model(as_float(batch["image"].to(device)))
             loss = loss_fn(logits, batch["label"].to(device).round().long())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -119,12 +126,12 @@ def fit(model_name: str, data: Mapping[str, np.ndarray], recipe: Recipe, run_dir
         scheduler.step()
         if recipe.precise_bn:
             plain = DataLoader(SegArrays(data, "train"), batch_size=recipe.batch_size, num_workers=num_workers)
-            update_bn((b["image"] for b in plain), model, device=device)
+            update_bn((as_float(b["image"].to(device)) for b in plain), model)
         val_dsc = _val_dsc(model, data, device)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc})
         logger.info("epoch %d: loss %.4f, val DSC %.2f", epoch + 1, history[-1]["train_loss"], val_dsc)
-        improved = val_dsc > best
-        best = max(best, val_dsc)
+        improved = math.isnan(val_dsc) or val_dsc > best
+        best = val_dsc if improved else best
         save_checkpoint(run_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best_val_dsc": best, "history": history, "model_name": model_name,

@@ -14,6 +14,18 @@ __all__ = ["paper_table", "results_table", "write_table"]
 
 # Registry name -> the method's row name in the paper's tables.
 _PAPER_NAMES = {"rwkv_unet_t": "RWKV-UNet-T", "rwkv_unet_s": "RWKV-UNet-S", "rwkv_unet_b": "RWKV-UNet"}
+# Dataset -> (paper table, DSC column, HD95 column or None, note). The demos quote the nearest
+# benchmark for scale only.
+PAPER_COLUMNS = {
+    "demo": ("binary", "isic2017", None, "paper: ISIC 2017 (other images, 256x256, 300 epochs), for scale"),
+    "synapse_demo": (None, None, None, "SYNTHETIC data: no paper number"),
+    "synapse": ("synapse", "dsc", "hd95", ""),
+    "acdc": ("acdc", "dsc", None, ""),
+    "goals": ("goals_fugc", "goals_dsc", None, ""),
+    "fugc": ("goals_fugc", "fugc_dsc", None, ""),
+    **{d: ("binary", d, None, "") for d in ("busi", "cvc_clinicdb", "cvc_colondb", "kvasir_seg", "isic2017",
+                                              "glas", "psvfm")},
+}
 
 
 def paper_table(name: str) -> pd.DataFrame:
@@ -24,27 +36,30 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str)
 
 
-def results_table(metrics: Mapping[str, Mapping[str, float]], params_m: Mapping[str, float],
-                  paper: str = "binary", paper_column: str = "isic2017") -> pd.DataFrame:
-    """One row per model: our DSC/HD95 and parameter count next to the paper's.
+def _paper_value(dataset: str, model: str, column: int) -> str | None:
+    table, *cols, _ = PAPER_COLUMNS.get(dataset, (None, None, None, ""))
+    if table is None or cols[column] is None:
+        return None
+    published = paper_table(table).set_index("method")
+    name = _PAPER_NAMES.get(model)
+    return published.loc[name, cols[column]] if name in published.index else None
+
+
+def results_table(metrics: Mapping[tuple[str, str], Mapping[str, float]],
+                  params_m: Mapping[str, float]) -> pd.DataFrame:
+    """One row per (dataset, model): our DSC/HD95 and parameter count next to the paper's.
 
     Args:
-        metrics: model -> summary of :func:`rwkvlab.engine.evaluate.summarize`.
+        metrics: (dataset, model) -> summary of :func:`rwkvlab.engine.evaluate.summarize`.
         params_m: model -> parameters in millions (ours, counted).
-        paper: paper table to quote.
-        paper_column: its column holding the DSC to quote.
     """
-    published = paper_table(paper).set_index("method")
     rows = []
-    for model, m in metrics.items():
-        ref = published.loc[_PAPER_NAMES[model]] if _PAPER_NAMES.get(model) in published.index else None
+    for (dataset, model), m in metrics.items():
         rows.append({
-            "model": model,
-            "dsc": round(m["dsc"], 2),
-            "hd95": round(m["hd95"], 2),
+            "dataset": dataset, "model": model, "dsc": round(m["dsc"], 2), "hd95": round(m["hd95"], 2),
+            "paper_dsc": _paper_value(dataset, model, 0), "paper_hd95": _paper_value(dataset, model, 1),
             "params_m": round(params_m[model], 2),
-            f"paper_dsc_{paper_column}": None if ref is None else ref[paper_column],
-            "paper_params_m": None if ref is None else ref["params_m"],
+            "note": PAPER_COLUMNS.get(dataset, (None, None, None, ""))[3],
         })
     return pd.DataFrame(rows)
 

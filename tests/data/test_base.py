@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rwkvlab.data import DATASETS, DataError, load_prepared, make_split
-from rwkvlab.data.loader import SegArrays, train_transforms
+from rwkvlab.data import DataError, get_reader, load_prepared, make_split, validate
+from rwkvlab.data.augment import train_transforms
+from rwkvlab.data.loader import SegArrays
 from rwkvlab.data.prepare import prepare_dataset
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
@@ -27,8 +28,9 @@ def write_case(root, cid, size=(40, 30), mask_size=None, mask_values=(0, 255)):
 
 
 def prepare(root, tmp_path, size=(32, 48)):
-    return prepare_dataset("demo", root, size, {"train": 0.5, "val": 0.25, "test": 0.25}, [0, 1],
-                           tmp_path / "prepared", tmp_path / "splits")
+    cache = tmp_path / "prepared" / "cache.h5"
+    assert prepare_dataset("demo", root, size, [0, 1], cache, tmp_path / "splits", tmp_path / "card")
+    return cache
 
 
 @pytest.fixture
@@ -41,14 +43,31 @@ def raw(tmp_path):
 
 def test_prepare_and_load(raw, tmp_path):
     cache = prepare(raw, tmp_path)
-    data = load_prepared(cache, tmp_path / "splits" / "demo" / "seed0.json")
-    assert data["images"].shape == (8, 32, 48, 3) and data["images"].dtype == np.uint8
-    assert data["masks"].shape == (8, 32, 48)
-    assert set(np.unique(data["masks"])) == {0, 1}
-    assert data["masks"][0, :16, :24].all() and not data["masks"][0, 16:, 24:].any()
-    assert sorted(np.concatenate([data[f"split_{s}"] for s in ("train", "val", "test")])) == list(range(8))
-    item = SegArrays(data, "train", train_transforms(0))[0]
+    data = load_prepared(cache, tmp_path / "splits" / "seed0.json")
+    assert data.images.shape == (8, 32, 48, 3) and data.images.dtype == np.uint8
+    assert data.masks.shape == (8, 32, 48)
+    assert set(np.unique(data.masks)) == {0, 1}
+    assert data.masks[0, :16, :24].all() and not data.masks[0, 16:, 24:].any()
+    assert sorted(np.concatenate([data.splits[s] for s in ("train", "val", "test")])) == list(range(8))
+    assert data.sizes.tolist() == [[30, 40]] * 8
+    item = SegArrays(data, "train", train_transforms("light", (32, 48), 0))[0]
     assert item["image"].shape == (3, 32, 48) and item["label"].shape == (1, 32, 48)
+
+
+def test_prepare_twice_gives_identical_bytes(raw, tmp_path):
+    a = prepare(raw, tmp_path / "a").read_bytes()
+    b = prepare(raw, tmp_path / "b").read_bytes()
+    assert a == b
+
+
+def test_absent_raw_folder_is_skipped_with_layout(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "README.md").write_text("put data here")
+    cache = tmp_path / "prepared" / "cache.h5"
+    assert not prepare_dataset("demo", tmp_path / "raw", (32, 32), [0], cache, tmp_path / "splits", tmp_path / "card")
+    assert not cache.exists()
+    assert "images/ISIC_<n>.jpg" in (tmp_path / "card" / "card.md").read_text()
+    assert json.loads(cache.with_suffix(".skipped.json").read_text())["dataset"] == "demo"
 
 
 def test_split_is_seeded_and_complete():
@@ -61,13 +80,15 @@ def test_split_is_seeded_and_complete():
 
 
 def test_demo_set_is_valid():
-    pairs = DATASETS["demo"].pairs(DEMO)
-    assert len(pairs) == 36
+    cases, problems = validate(get_reader("demo", DEMO))
+    assert not problems and len(cases) == 36
     assert (DEMO / "LICENSE_AND_ATTRIBUTION.txt").is_file()
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(DataError, match=r"raw/images: folder not found; expected .*raw/images/<id>"):
+    (tmp_path / "raw" / "masks").mkdir(parents=True)
+    (tmp_path / "raw" / "masks" / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"raw/images: folder not found; expected layout under .*\n *images/ISIC_<n>.jpg"):
         prepare(tmp_path / "raw", tmp_path)
 
 
@@ -76,6 +97,13 @@ def test_empty_folder(tmp_path):
     (tmp_path / "raw" / "masks").mkdir()
     with pytest.raises(DataError, match="images: folder is empty"):
         prepare(tmp_path / "raw", tmp_path)
+
+
+def test_every_problem_is_listed(raw, tmp_path):
+    (raw / "masks" / "case3.png").unlink()
+    (raw / "images" / "case5.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"2 problem\(s\)(.|\n)*case3.jpg: no mask(.|\n)*case5.jpg: unreadable"):
+        prepare(raw, tmp_path)
 
 
 def test_image_without_mask(raw, tmp_path):
@@ -89,7 +117,7 @@ def test_unreadable_image(raw, tmp_path):
     (raw / "images" / "case2.jpg").write_bytes(data[: len(data) // 3])  # truncated
     with pytest.raises(DataError, match="case2.jpg: unreadable or truncated image"):
         prepare(raw, tmp_path)
-    assert not (tmp_path / "prepared" / "demo.npz").exists()
+    assert not (tmp_path / "prepared" / "cache.h5").exists()
 
 
 def test_mask_size_mismatch(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rwkvlab.config import Recipe
+from rwkvlab.data import Prepared
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.evaluate import load_trained
 from rwkvlab.engine.train import fit
@@ -21,9 +22,10 @@ def data():
         r, c = rng.integers(4, 20, 2)
         masks[i, r : r + 10, c : c + 10] = 1
     images = (rng.random((n, h, w, 3)) * 80 + masks[..., None] * 120).astype(np.uint8)
-    return {"images": images, "masks": masks, "ids": np.array([f"c{i}" for i in range(n)]),
-            "class_names": np.array(["background", "fg"]), "split_train": np.arange(6),
-            "split_val": np.arange(6, 8), "split_test": np.arange(8, 10)}
+    return Prepared(dataset="toy", description="toy squares", class_names=("background", "fg"), images=images,
+                    masks=masks, ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool),
+                    sizes=np.full((n, 2), 32), splits={"train": np.arange(6), "val": np.arange(6, 8),
+                                                       "test": np.arange(8, 10)})
 
 
 def run(data, run_dir, **kw):
@@ -89,7 +91,7 @@ def test_changed_recipe_starts_fresh(data, tmp_path):
 
 
 def test_training_learns(data, tmp_path):
-    recipe = Recipe(**{**RECIPE.__dict__, "epochs": 8, "augment": False})
+    recipe = Recipe(**{**RECIPE.__dict__, "epochs": 8, "augment": "none"})
     h = fit("rwkv_unet_t", data, recipe, tmp_path / "l", seed=0, device=torch.device("cpu"))
     assert h["train_loss"].iloc[-1] < 0.8 * h["train_loss"].iloc[0]  # a frozen model stays near 1.0
 
@@ -101,7 +103,7 @@ def test_precise_bn_sets_running_stats_to_training_set_statistics(data, tmp_path
     bn = model.encoder.stem.expand[1]
     seen = []
     bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
-    x = torch.from_numpy(data["images"][data["split_train"]]).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(data.images[data.splits["train"]]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         model(x)
     torch.testing.assert_close(bn.running_mean, seen[0].mean((0, 2, 3)), rtol=1e-4, atol=1e-5)

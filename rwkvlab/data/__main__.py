@@ -1,0 +1,75 @@
+"""Command line for the datasets::
+
+    python -m rwkvlab.data validate --dataset NAME --root RAW_DIR
+    python -m rwkvlab.data prepare  --dataset NAME --root RAW_DIR [--out DIR] [--size H W] [--seeds 0 1 2]
+    python -m rwkvlab.data card     --dataset NAME [--data DIR] [--out DIR]
+    python -m rwkvlab.data layouts  [--dataset NAME]
+    python -m rwkvlab.data synthesize --out DIR [--seed N]
+
+``validate`` lists every problem of a raw folder (exit status 1 if any); ``prepare`` writes
+``<out>/prepared/<name>/cache.h5`` and ``<out>/splits/<name>/seed<k>.json`` (``--out`` defaults to
+``data``; exit status 2 when the folder holds no data and is skipped); ``card`` writes the card of a
+dataset prepared under ``--data`` to ``<out>/<name>/`` (default ``reports/datasets``); ``layouts``
+prints the expected raw layouts; ``synthesize`` writes the SYNTHETIC Synapse-like demo set
+(dataset ``synapse_demo``) in the Synapse raw layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rwkvlab.data.cache import load_prepared
+from rwkvlab.data.prepare import prepare_dataset, write_card
+from rwkvlab.data.reader import READERS, get_reader, validate
+from rwkvlab.data.readers.synapse_demo import generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rwkvlab.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["validate", "prepare", "card", "layouts", "synthesize"])
+    parser.add_argument("--dataset", help="registered dataset name")
+    parser.add_argument("--root", type=Path, help="the raw folder")
+    parser.add_argument("--out", type=Path, help="output folder (prepare: data, card: reports/datasets)")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="data folder of the prepared datasets (card)")
+    parser.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="2D item size")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (synthesize)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "layouts":
+        for name in [args.dataset] if args.dataset else sorted(READERS):
+            reader = READERS[name]
+            print(f"## {name}\n\n{reader.description}\n\n```\n{reader.layout_text()}\n```\n")
+        return 0
+    if args.command == "synthesize":
+        if args.out is None:
+            parser.error("--out is required")
+        generate(args.out, args.seed)
+        return 0
+    if not args.dataset:
+        parser.error("--dataset is required")
+    if args.command == "card":
+        data = load_prepared(args.data / "prepared" / args.dataset / "cache.h5",
+                             args.data / "splits" / args.dataset / f"seed{args.seeds[0]}.json")
+        write_card(data, data.description, (args.out or Path("reports/datasets")) / args.dataset, montage=8)
+        return 0
+    if args.root is None:
+        parser.error("--root is required")
+    if args.command == "validate":
+        cases, problems = validate(get_reader(args.dataset, args.root))
+        for problem in problems:
+            print(f"- {problem}")
+        print(f"{args.dataset}: {len(cases)} cases read, {len(problems)} problem(s)")
+        return 1 if problems else 0
+    out = (args.out or Path("data")) / "prepared" / args.dataset
+    prepared = prepare_dataset(args.dataset, args.root, tuple(args.size), args.seeds, out / "cache.h5",
+                               (args.out or Path("data")) / "splits" / args.dataset, card_dir=out)
+    return 0 if prepared else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Helpers shared by the multi-class readers (SPEC §8): array files for Synapse and ACDC, and
+one image folder plus one mask folder per official split for GOALS and FUGC."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from rwkvlab.data._base import DataError, pair_folder
+from rwkvlab.data.reader import Case, Reader, Sample
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArrayFileReader", "read_arrays", "unit_image", "class_label", "paired_splits", "log_counts"]
+
+# Float rounding of a [0, 1] normalisation may overshoot by an ulp or so; more than this is a wrong scale.
+_UNIT_TOLERANCE = 1e-4
+
+
+def read_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read the arrays ``keys`` from an ``.npz`` file or, for any other suffix, an HDF5 file.
+
+    Raises:
+        DataError: naming ``path`` if it is missing, unreadable or truncated, or lacks one of ``keys``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                found = list(npz.files)
+                arrays = {k: npz[k] for k in keys if k in found}
+        else:
+            with h5py.File(path, "r") as h5:
+                found = list(h5.keys())
+                arrays = {k: h5[k][()] for k in keys if isinstance(h5.get(k), h5py.Dataset)}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: unreadable or truncated ({type(e).__name__}: {e})") from e
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; found {found}, expected {list(keys)}")
+    return arrays
+
+
+def unit_image(array: np.ndarray, path: Path, ndim: int) -> np.ndarray:
+    """Check that ``array`` is an ``ndim``-D image of intensities in [0, 1]; return it as float32.
+
+    Raises:
+        DataError: naming ``path`` for a wrong rank, an empty or non-numeric array, or values outside [0, 1].
+    """
+    axes = "(D, H, W)" if ndim == 3 else "(H, W)"
+    if array.ndim != ndim or array.size == 0:
+        raise DataError(f"{path}: image has shape {array.shape}, expected a non-empty {axes} array")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"{path}: image has dtype {array.dtype}, expected float intensities in [0, 1]")
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: image has NaN or infinite values, expected intensities in [0, 1]")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -_UNIT_TOLERANCE or hi > 1 + _UNIT_TOLERANCE:
+        raise DataError(f"{path}: image values span [{lo:.4g}, {hi:.4g}], expected [0, 1] "
+                        f"(the published preprocessing normalises intensities)")
+    return np.clip(array, 0, 1).astype(np.float32, copy=False)
+
+
+def class_label(array: np.ndarray, path: Path, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
+    """Check that ``array`` holds class indices 0..num_classes-1 of ``shape``; return it as uint8.
+
+    Labels stored as floats (TransUNet's Synapse files) are accepted when every value is integral.
+
+    Raises:
+        DataError: naming ``path`` for a shape mismatch, non-integral values or values out of range.
+    """
+    if array.shape != shape:
+        raise DataError(f"{path}: label shape {array.shape} differs from image shape {shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        fractional = ~np.isfinite(array) | (array != np.round(array))
+        if fractional.any():
+            raise DataError(f"{path}: label has non-integral values such as {array[fractional].flat[0].item()!r}; "
+                            f"expected class indices 0..{num_classes - 1}")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: label has dtype {array.dtype}, expected integer class indices")
+    outside = (array < 0) | (array >= num_classes)
+    if outside.any():
+        bad = np.unique(array[outside])[:10].astype(np.int64).tolist()
+        raise DataError(f"{path}: label values {bad} are outside the classes 0..{num_classes - 1}")
+    return array.astype(np.uint8)
+
+
+class ArrayFileReader(Reader):
+    """Base of the layouts that store each case as ``image`` and ``label`` arrays in one npz or HDF5 file.
+
+    ``case.files`` is ``(file,)``; slices are (H, W), volumes (D, H, W).
+    """
+
+    def load(self, case: Case) -> Sample:
+        path = case.files[0]
+        arrays = read_arrays(path, ("image", "label"))
+        image = unit_image(arrays["image"], path, ndim=3 if case.kind == "volume" else 2)
+        label = class_label(arrays["label"], path, image.shape, len(self.class_names))
+        return Sample(image, label)
+
+
+def paired_splits(reader: Reader, problems: list[str], folders: Sequence[tuple[str, str, str]]) -> list[Case]:
+    """Cases of a layout with one image folder and one mask folder per official split.
+
+    Args:
+        reader: the reader (its root and expected tree).
+        problems: where missing folders and images without a mask are appended.
+        folders: ``(split, image folder, mask folder)``, folders relative to the root; masks share the
+            image's file stem.
+
+    Returns:
+        ``Case("<split>_<stem>", (image, mask), split=split)``: the split prefix keeps ids unique when
+        every split numbers its files from 1.
+    """
+    cases = []
+    for split, image_dir, mask_dir in folders:
+        for cid, image, mask in pair_folder(reader.root, image_dir, mask_dir, problems, expected=reader.expected()):
+            cases.append(Case(f"{split}_{cid}", (image, mask), split=split))
+    return cases
+
+
+def log_counts(reader: Reader, cases: Sequence[Case], published: dict[str, str]) -> None:
+    """Log the cases per split next to the published release (fixtures and subsets differ on purpose)."""
+    counts = Counter(c.split for c in cases)
+    logger.info("%s under %s: %s", reader.name, reader.root,
+                ", ".join(f"{s} {counts.get(s, 0)} (published: {n})" for s, n in published.items()))

@@ -1,0 +1,55 @@
+"""FUGC 2025 (ISBI 2025 Fetal Ultrasound Grand Challenge): semi-supervised cervix segmentation (SPEC §8).
+
+The challenge release has 50 labelled and 450 unlabelled training images, 90 validation and 300 test
+images. Labels are single-channel PNGs of class indices 0 background, 1 anterior lip, 2 posterior lip,
+as released; other encodings (such as 0/128/255 grey levels) are rejected rather than guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rwkvlab.data._base import read_image
+from rwkvlab.data.reader import Case, ImageMaskReader, Sample, register_reader
+from rwkvlab.data.readers._multiclass import log_counts, paired_splits
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FUGC"]
+
+
+@register_reader
+class FUGC(ImageMaskReader):
+    """The challenge folders; unlabelled training images are cases with ``labelled=False`` in split ``unlabelled``."""
+
+    name = "fugc"
+    class_names = ("background", "anterior_lip", "posterior_lip")
+    description = ("FUGC 2025 transvaginal cervix ultrasound: anterior and posterior lip; 50 labelled + "
+                   "450 unlabelled train, 90 val, 300 test")
+    layout = """
+    train/labeled_data/images/<id>.png     ultrasound image
+    train/labeled_data/labels/<id>.png     class indices 0 background, 1 anterior lip, 2 posterior lip
+    train/unlabeled_data/images/<id>.png   no labels
+    val/images/<id>.png,   val/labels/<id>.png
+    test/images/<id>.png,  test/labels/<id>.png
+    """
+    mask_values = {0: 0, 1: 1, 2: 2}
+    published = {"train": "50 images", "unlabelled": "450 images", "val": "90 images", "test": "300 images"}
+
+    def scan(self, problems: list[str]) -> list[Case]:
+        if not self.require_dirs(problems, self.root):
+            return []
+        cases = paired_splits(self, problems, [("train", "train/labeled_data/images", "train/labeled_data/labels"),
+                                               ("val", "val/images", "val/labels"),
+                                               ("test", "test/images", "test/labels")])
+        unlabelled = self.root / "train" / "unlabeled_data" / "images"
+        if self.require_dirs(problems, unlabelled):
+            cases += [Case(f"unlabelled_{path.stem}", (path,), split="unlabelled", labelled=False)
+                      for path in sorted(unlabelled.iterdir()) if path.is_file() and not path.name.startswith(".")]
+        log_counts(self, cases, self.published)
+        return cases
+
+    def load(self, case: Case) -> Sample:
+        if not case.labelled:
+            return Sample(read_image(case.files[0]), None)
+        return super().load(case)
