@@ -36,13 +36,14 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str)
 
 
-def _paper_value(dataset: str, model: str, column: int) -> str | None:
+def _paper_value(dataset: str, model: str, column: int) -> str:
     table, *cols, _ = PAPER_COLUMNS.get(dataset, (None, None, None, ""))
     if table is None or cols[column] is None:
-        return None
+        return "-"
     published = paper_table(table).set_index("method")
+    published.index = published.index.str.removesuffix(" (ours)")  # the multi-class tables mark the paper's rows
     name = _PAPER_NAMES.get(model)
-    return published.loc[name, cols[column]] if name in published.index else None
+    return published.loc[name, cols[column]] if name in published.index else "-"
 
 
 def results_table(metrics: Mapping[tuple[str, str], Mapping[str, float]],

@@ -15,13 +15,15 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from rwkvlab.data._base import DataError, pair_folder, read_image, read_mask
-from rwkvlab.data.reader import Case, ImageMaskReader, register_reader
+from rwkvlab.data.reader import Case, register_reader
+from rwkvlab.data.readers._binary import PairedFolderReader
 from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ _SIZE = (192, 256)  # (H, W): the 4:3 aspect of the 600x450 originals
 
 
 @register_reader
-class Demo(ImageMaskReader):
+class Demo(PairedFolderReader):
     """The embedded demo set: ``images/<id>.jpg`` and ``masks/<id>.png`` (0 skin, 255 lesion)."""
 
     name = "demo"
@@ -42,13 +44,11 @@ class Demo(ImageMaskReader):
     images/ISIC_<n>.jpg
     masks/ISIC_<n>.png      values 0 (skin) and 255 (lesion)
     """
+    image_dir, mask_dir = "images", "masks"
     mask_values = {0: 0, 255: 1}
 
-    def scan(self, problems: list[str]) -> list[Case]:
-        pairs = pair_folder(self.root, "images", "masks", problems, expected=self.expected())
-        return [Case(cid, (img, mask)) for cid, img, mask in pairs]
-
-    def split(self, cases, seed):
+    def split(self, cases: Sequence[Case], seed: int) -> dict[str, list[str]]:
+        # 36 cases: 24 / 6 / 6
         return self.random_split(cases, seed, {"train": 0.67, "val": 0.165, "test": 0.165})
 
 
