@@ -85,5 +85,7 @@ def write_card(data: Prepared, description: str, out_dir: Path, montage: int) ->
     images = data.images[pick]
     fig = dataset_montage(images if images.dtype == np.uint8 else images[..., 0].astype(np.float32),
                           data.masks[pick], data.ids[pick].tolist(), data.num_classes)
+    fig.suptitle(f"{data.dataset}: {data.description}", fontsize=9)
+    fig.tight_layout()
     save_figure(fig, Path(out_dir) / "montage.png")
     return fig
