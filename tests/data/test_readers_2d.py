@@ -1,7 +1,6 @@
 """The readers of the 2D binary benchmarks (SPEC §8) on small fixtures in the published layouts."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
