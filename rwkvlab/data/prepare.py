@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +42,10 @@ def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], seed
                                         for p in raw_root.iterdir())
     status = Path(cache).with_suffix(".skipped.json")
     if not present:
-        reason = f"{raw_root}: no raw data; to use {name}, put the published files there. {reader.expected()}"
+        # Relative to the working directory where possible, so the note is the same in every checkout.
+        shown = Path(os.path.relpath(raw_root)) if raw_root.resolve().is_relative_to(Path.cwd()) else raw_root
+        expected = get_reader(name, shown, **(options or {})).expected()
+        reason = f"{shown}: no raw data; to use {name}, put the published files there. {expected}"
         logger.warning("skipping %s: %s", name, reason)
         atomic_write(status, lambda f: f.write_text(json.dumps({"dataset": name, "skipped": reason}, indent=2)))
         for note in (Path(splits_dir) / "SKIPPED.txt", Path(card_dir) / "card.md"):
