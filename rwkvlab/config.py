@@ -7,7 +7,6 @@ be run from a copy of the params elsewhere (the pipeline smoke test does this).
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +141,6 @@ def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:
         if value not in typing.get_args(tp):
             raise ValueError(f"params: {where} must be one of {typing.get_args(tp)}, got {value!r}")
         return value
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"params: unsupported union type at {where}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -58,11 +58,11 @@ def data_fingerprint(data: Prepared) -> str:
     return h.hexdigest()
 
 
-def _val_dsc(model: torch.nn.Module, data: Prepared, device: torch.device) -> float:
+def _val_dsc(model: torch.nn.Module, data: Prepared, batch_size: int, device: torch.device) -> float:
     """Mean DSC (%) over the validation cases with the test protocol (SPEC §7); NaN without a val split."""
     if not len(data.splits.get("val", [])) and not data.volume_splits.get("val"):
         return float("nan")
-    return summarize(evaluate_split(model, data, "val", batch_size=8, device=device)[0])["dsc"]
+    return summarize(evaluate_split(model, data, "val", batch_size, device)[0])["dsc"]
 
 
 def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
@@ -127,7 +127,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         if recipe.precise_bn:
             plain = DataLoader(SegArrays(data, "train"), batch_size=recipe.batch_size, num_workers=num_workers)
             update_bn((as_float(b["image"].to(device)) for b in plain), model)
-        val_dsc = _val_dsc(model, data, device)
+        val_dsc = _val_dsc(model, data, recipe.batch_size, device)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc})
         logger.info("epoch %d: loss %.4f, val DSC %.2f", epoch + 1, history[-1]["train_loss"], val_dsc)
         improved = math.isnan(val_dsc) or val_dsc > best
