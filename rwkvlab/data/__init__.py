@@ -6,3 +6,6 @@ from rwkvlab.data.reader import READERS, Case, Reader, Sample, get_reader, regis
 
 __all__ = ["DataError", "make_split", "Prepared", "load_prepared", "prepare", "READERS", "Case", "Reader", "Sample",
            "get_reader", "register_reader", "validate"]
+
+# Registers every reader, so READERS is complete as soon as rwkvlab.data is imported.
+import rwkvlab.data.readers  # noqa: E402,F401  (after the names the reader modules import)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -14,21 +14,54 @@ from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "pair_folder", "read_image", "read_mask", "make_split", "write_split"]
+__all__ = ["DataError", "Problem", "pair_folder", "read_image", "read_mask", "make_split", "write_split"]
+
+# 16-bit grey -> 8 bit: v / 257 maps 0..65535 onto 0..255 exactly (the reduction libpng and PIL apply).
+# A fixed factor keeps intensities comparable between images; scaling each image by its own range
+# would give every case a different contrast.
+_UINT16_TO_UINT8 = 257
 
 
 class DataError(ValueError):
-    """A dataset file or folder is not what the reader expects; the message names it."""
+    """A dataset file or folder is not what the reader expects; the message names it.
+
+    Args:
+        message: the whole message.
+        problems: the individual problems it lists (``[message]`` when not given), for a command line
+            that prints them one per line, as ``validate`` does.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+class Problem(str):
+    """A problem message; ``case`` is the id of the one case it belongs to, ``None`` for the folder as a whole.
+
+    Only a problem that belongs to one case can be skipped (``prepare --skip-invalid``); a missing folder
+    or a misnamed file stops the prepare stage.
+    """
+
+    case: str | None
+
+    def __new__(cls, message: str, case: str | None = None) -> Problem:
+        self = super().__new__(cls, message)
+        self.case = case
+        return self
 
 
 def pair_folder(root: Path, image_dir: str, mask_dir: str, problems: list[str], mask_suffix: str = "",
-                expected: str = "") -> list[tuple[str, Path, Path]]:
+                expected: str = "", id_prefix: str = "", suffixes: Collection[str] | None = None
+                ) -> list[tuple[str, Path, Path]]:
     """Match ``root/image_dir/<id>.*`` with ``root/mask_dir/<id><mask_suffix>.*``.
 
-    Appends a problem for each missing or empty folder and each image without a mask.
+    Appends a problem for each missing or empty folder and each image without a mask (that one
+    belongs to the case ``<id_prefix><id>``). With ``suffixes`` (lower case, e.g. ``{".png"}``), files
+    with another suffix are left out and named in the log.
 
     Returns:
-        (case id, image file, mask file), sorted by id.
+        (``<id_prefix><id>``, image file, mask file), sorted by id.
     """
     root = Path(root)
     img_root, mask_root = root / image_dir, root / mask_dir
@@ -40,31 +73,69 @@ def pair_folder(root: Path, image_dir: str, mask_dir: str, problems: list[str], 
             ok = False
     if not ok:
         return []
-    images = sorted(p for p in img_root.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = {folder: sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+             for folder in (img_root, mask_root)}
+    if suffixes is not None:
+        for folder, found in files.items():
+            other = [p.name for p in found if p.suffix.lower() not in suffixes]
+            if other:
+                logger.warning("%s: ignoring %d file(s) that are not %s: %s", folder, len(other),
+                               "/".join(sorted(suffixes)), ", ".join(other[:10]))
+            files[folder] = [p for p in found if p.suffix.lower() in suffixes]
+    images = files[img_root]
     if not images:
         problems.append(f"{img_root}: folder is empty; {expected}")
-    masks = {p.stem: p for p in mask_root.iterdir() if p.is_file() and not p.name.startswith(".")}
+    masks = {p.stem: p for p in files[mask_root]}
     pairs = []
     for img in images:
         mask = masks.get(img.stem + mask_suffix)
         if mask is None:
-            problems.append(f"{img}: no mask; expected {mask_root}/{img.stem}{mask_suffix}.<ext>")
+            problems.append(Problem(f"{img}: no mask; expected {mask_root}/{img.stem}{mask_suffix}.<ext>",
+                                    case=id_prefix + img.stem))
         else:
-            pairs.append((img.stem, img, mask))
+            pairs.append((id_prefix + img.stem, img, mask))
     return pairs
 
 
+def _grey_to_uint8(raw: np.ndarray, path: Path) -> np.ndarray:
+    """A grey image of more than 8 bits (16-bit or 32-bit integer, float) as uint8 (H, W).
+
+    16-bit values are divided by 257 (see ``_UINT16_TO_UINT8``); floats must lie in [0, 1].
+    """
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.isfinite(raw).all():
+            raise DataError(f"{path}: image has NaN or infinite values, expected finite intensities")
+        lo, hi = float(raw.min()), float(raw.max())
+        if lo < 0 or hi > 1:
+            raise DataError(f"{path}: float image values span [{lo:.4g}, {hi:.4g}], expected [0, 1]")
+        return np.round(raw * 255).astype(np.uint8)
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo < 0 or hi > np.iinfo(np.uint16).max:
+        raise DataError(f"{path}: integer image values span [{lo}, {hi}], expected 16-bit values 0..65535")
+    return np.round(raw / _UINT16_TO_UINT8).astype(np.uint8)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as uint8 RGB (H, W, 3); a grey image is repeated to three channels."""
+    """Read an image as uint8 RGB (H, W, 3); a grey image is repeated to three channels.
+
+    Palette, grey + alpha, RGBA and CMYK images are converted to RGB (alpha dropped); 16-bit and float
+    grey images are scaled to 8 bits (16-bit by 1/257, float from [0, 1]); other modes are rejected.
+    """
     try:
         with Image.open(path) as im:
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                grey = _grey_to_uint8(np.asarray(im), path)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            if im.mode not in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"):
+                raise DataError(f"{path}: image mode {im.mode!r} is not supported; expected an 8-bit or "
+                                f"16-bit grey, palette, RGB(A) or CMYK image")
             return np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from e
 
 
 def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[int, int] | None = None,
-              threshold: int | None = None) -> np.ndarray:
+              threshold: int | None = None, any_channel: bool = False) -> np.ndarray:
     """Read a single-channel mask and map its pixel values to class indices.
 
     Args:
@@ -73,16 +144,29 @@ def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[
         shape: the (H, W) the mask must have (its image's).
         threshold: instead of ``values``, class 1 where the grey value exceeds it (lossy JPEG masks)
             and 0 elsewhere.
+        any_channel: read the mask as RGB and take the largest of the three channels, so that a
+            pixel counts as soon as one channel exceeds ``threshold`` (PSVFM's authors binarise this way).
 
     Returns:
         uint8 class map (H, W).
     """
     try:
         with Image.open(path) as im:
-            # A palette mask means what it shows: HAM10000's maps index 0 to white (the lesion).
-            raw = np.asarray(im if im.mode in ("L", "I", "I;16") else im.convert("L"))
+            if any_channel:
+                raw = np.asarray(im.convert("RGB")).max(axis=-1)
+            else:
+                # A palette mask means what it shows: HAM10000's maps index 0 to white (the lesion).
+                # 16-bit and float masks keep their values (class indices are not rescaled).
+                keep = im.mode in ("L", "I", "F") or im.mode.startswith("I;16")
+                raw = np.asarray(im if keep else im.convert("L"))
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"{path}: unreadable or truncated mask ({e})") from e
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.isfinite(raw).all():
+            raise DataError(f"{path}: mask has NaN or infinite values, expected class values")
+        if (raw != np.round(raw)).any() or raw.min() < 0:
+            raise DataError(f"{path}: float mask has non-integral or negative values, expected class values")
+        raw = raw.astype(np.int64)
     if shape is not None and raw.shape != shape:
         raise DataError(f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
                         f"{shape[1]}x{shape[0]}; expected the same size")

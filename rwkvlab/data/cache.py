@@ -10,7 +10,11 @@ preparing twice gives identical bytes):
 * Volumes (``volume`` cases) at their original resolution, for the volume protocol of SPEC §7:
   ``volume_ids``, ``volume_shapes`` (M, 3), ``volume_offsets`` (M,) and the flattened
   ``volume_images`` (float16) and ``volume_labels`` (uint8).
-* Attributes ``dataset``, ``description`` and ``class_names``.
+* Attributes ``dataset``, ``description``, ``class_names`` and ``skipped`` (JSON, case id -> problem,
+  of the cases left out by ``skip_invalid``; ``{}`` when none).
+
+Beside the seeded ``seed<k>.json`` splits, a reader's further published splits (PSVFM's
+leave-one-video-out folds) are written as ``<name>.json`` in the same folder.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rwkvlab.data._base import DataError, write_split
-from rwkvlab.data.reader import Reader, iter_valid
+from rwkvlab.data.reader import Case, Reader, iter_valid
 from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -58,11 +62,23 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array(values, dtype=h5py.string_dtype())
 
 
-def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, seeds: Sequence[int]) -> Path:
+def _problem_report(reader: Reader, problems: Sequence[str]) -> DataError:
+    return DataError(f"{reader.name}: {len(problems)} problem(s) in {reader.root}:\n- " + "\n- ".join(problems),
+                     problems)
+
+
+def _all_splits(reader: Reader, cases: Sequence[Case], seed: int) -> dict[str, dict[str, list[str]]]:
+    """The paper's split drawn with ``seed`` (file ``seed<seed>``) and the reader's extra splits, by file stem."""
+    return {f"seed{seed}": reader.split(cases, seed), **reader.extra_splits(cases)}
+
+
+def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, seeds: Sequence[int],
+            skip_invalid: bool = False) -> Path:
     """Validate ``reader``'s raw folder and write ``out`` (HDF5) and ``splits_dir/seed<k>.json``.
 
-    Every case is read once; if any problem is found, all of them are raised together and
-    nothing is written.
+    Every case is read once. If any problem is found, all of them are raised together and nothing
+    is written, unless ``skip_invalid``: then the cases with a problem are left out, each named in the
+    log and in the cache's ``skipped`` attribute, provided every problem belongs to one case.
 
     Args:
         reader: the dataset over its raw folder.
@@ -70,9 +86,11 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
         out: the ``.h5`` file to write.
         splits_dir: folder of the split files.
         seeds: one split file per seed.
+        skip_invalid: leave out the cases that have a problem instead of stopping.
 
     Raises:
-        DataError: listing every problem of the raw folder.
+        DataError: listing every problem of the raw folder (with ``skip_invalid``: the problems that
+            belong to no single case), or naming a split that skipping left empty.
     """
     h, w = size
     if h % 16 or w % 16:
@@ -80,7 +98,8 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
     problems: list[str] = []
     images, masks, ids, groups, labelled, sizes, cases = [], [], [], [], [], [], []
     vol_ids, vol_shapes, vol_images, vol_labels = [], [], [], []
-    for case, sample in iter_valid(reader, problems):
+    scanned: list[Case] = []
+    for case, sample in iter_valid(reader, problems, scanned):
         cases.append(case)
         spatial = sample.image.shape[:2] if sample.image.dtype == np.uint8 else sample.image.shape
         label = sample.label if sample.label is not None else np.zeros(spatial, np.uint8)
@@ -99,8 +118,22 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
         labelled.append(case.labelled)
     if not cases and not problems:
         problems.append(f"{reader.root}: no cases found; {reader.expected()}")
-    if problems:
-        raise DataError(f"{reader.name}: {len(problems)} problem(s) in {reader.root}:\n- " + "\n- ".join(problems))
+    skipped: dict[str, str] = {}
+    if problems and skip_invalid and all(getattr(p, "case", None) for p in problems):
+        for problem in problems:
+            skipped[problem.case] = f"{skipped[problem.case]}; {problem}" if problem.case in skipped else problem
+        for cid, problem in sorted(skipped.items()):
+            logger.warning("%s: skipping case %s: %s", reader.name, cid, problem)
+    elif problems:
+        raise _problem_report(reader, problems)
+    split_files = {seed: _all_splits(reader, cases, seed) for seed in seeds}
+    if skipped:
+        for seed, kept in split_files.items():
+            for file, full in _all_splits(reader, scanned, seed).items():
+                empty = sorted(s for s, ids in full.items() if ids and not kept[file].get(s))
+                if empty:
+                    raise DataError(f"{reader.name}: split(s) {empty} of {file}.json would be empty after skipping "
+                                    f"{len(skipped)} case(s) with problems: {sorted(skipped)}; fix those cases")
     if len({im.dtype for im in images}) > 1:
         raise DataError(f"{reader.name}: mixes colour and grey images; a reader must return one kind")
 
@@ -125,11 +158,14 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
             f.attrs["dataset"] = reader.name
             f.attrs["class_names"] = json.dumps(list(reader.class_names))
             f.attrs["description"] = reader.description
+            f.attrs["skipped"] = json.dumps(dict(sorted(skipped.items())))
 
     atomic_write(out, write)
-    for seed in seeds:
-        write_split(reader.split(cases, seed), Path(splits_dir) / f"seed{seed}.json")
-    logger.info("prepared %s: %d 2D items at %dx%d, %d volumes -> %s", reader.name, len(ids), h, w, len(vol_ids), out)
+    for files in split_files.values():
+        for file, split in files.items():
+            write_split(split, Path(splits_dir) / f"{file}.json")
+    logger.info("prepared %s: %d 2D items at %dx%d, %d volumes, %d case(s) skipped -> %s", reader.name, len(ids),
+                h, w, len(vol_ids), len(skipped), out)
     return out
 
 
@@ -152,6 +188,7 @@ class Prepared:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     volume_splits: dict[str, list[str]] = field(default_factory=dict)
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # case id -> problem, left out by skip_invalid
 
     @property
     def in_chans(self) -> int:
@@ -173,7 +210,7 @@ def load_prepared(cache: Path, split_file: Path) -> Prepared:
             dataset=str(f.attrs["dataset"]), description=str(f.attrs["description"]),
             class_names=tuple(json.loads(f.attrs["class_names"])),
             images=f["images"][()], masks=f["masks"][()], labelled=f["labelled"][()], sizes=f["sizes"][()],
-            ids=np.array(f["ids"].asstr()[()], dtype=str),
+            ids=np.array(f["ids"].asstr()[()], dtype=str), skipped=json.loads(f.attrs.get("skipped", "{}")),
         )
         vol_ids = list(f["volume_ids"].asstr()[()])
         for vid, shape, offset in zip(vol_ids, f["volume_shapes"][()], f["volume_offsets"][()]):

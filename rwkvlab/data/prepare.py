@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from rwkvlab.data._base import DataError
 from rwkvlab.data.cache import Prepared, prepare
 from rwkvlab.data.reader import get_reader
 from rwkvlab.io import atomic_write
@@ -30,13 +31,22 @@ def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], seed
     reason and expected layout, a note in ``splits_dir`` and a card saying so in ``card_dir``), so a
     pipeline over many datasets goes on.
 
+    Args:
+        options: ``prepare.options.<name>``: ``reader`` (the reader of a dataset that is not registered,
+            e.g. ``folder``), ``skip_invalid`` (leave out the cases that have a problem, naming them, instead
+            of stopping) and the reader's own options.
+
     Returns:
         ``True`` if prepared, ``False`` if skipped.
 
     Raises:
         DataError: the folder has data but does not match the layout (every problem listed).
     """
-    reader = get_reader(name, raw_root, **(options or {}))
+    options = dict(options or {})
+    skip_invalid = options.get("skip_invalid", False)
+    if not isinstance(skip_invalid, bool):
+        raise DataError(f"prepare.options.{name}.skip_invalid must be true or false, got {skip_invalid!r}")
+    reader = get_reader(name, raw_root, **options)
     raw_root = Path(raw_root)
     present = raw_root.is_dir() and any(not p.name.startswith(".") and p.name != "README.md"
                                         for p in raw_root.iterdir())
@@ -44,7 +54,7 @@ def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], seed
     if not present:
         # Relative to the working directory where possible, so the note is the same in every checkout.
         shown = Path(os.path.relpath(raw_root)) if raw_root.resolve().is_relative_to(Path.cwd()) else raw_root
-        expected = get_reader(name, shown, **(options or {})).expected()
+        expected = get_reader(name, shown, **options).expected()
         reason = f"{shown}: no raw data; to use {name}, put the published files there. {expected}"
         logger.warning("skipping %s: %s", name, reason)
         atomic_write(status, lambda f: f.write_text(json.dumps({"dataset": name, "skipped": reason}, indent=2)))
@@ -53,7 +63,7 @@ def prepare_dataset(name: str, raw_root: Path, image_size: tuple[int, int], seed
         return False
     for stale in (status, Path(splits_dir) / "SKIPPED.txt"):
         stale.unlink(missing_ok=True)
-    prepare(reader, image_size, Path(cache), Path(splits_dir), seeds)
+    prepare(reader, image_size, Path(cache), Path(splits_dir), seeds, skip_invalid=skip_invalid)
     return True
 
 
@@ -79,9 +89,12 @@ def write_card(data: Prepared, description: str, out_dir: Path, montage: int) ->
     tables = dataset_card(data)
     n, h, w = data.masks.shape
     vol = ", ".join(f"{vid} {tuple(img.shape)}" for vid, (img, _) in list(data.volumes.items())[:12])
+    skipped = "".join(f"- `{cid}`: {problem}\n" for cid, problem in data.skipped.items())
     md = (f"# Dataset card: {data.dataset}\n\n{description}\n\n"
           f"2D items prepared at {h}x{w} (HxW): {n}. Volumes (original size, D x H x W): "
           f"{len(data.volumes)}{': ' + vol if vol else ''}.\n\n"
+          + (f"## Skipped cases\n\n{len(data.skipped)} case(s) with a problem were left out "
+             f"(prepare.options.{data.dataset}.skip_invalid):\n\n{skipped}\n" if skipped else "")
           + "".join(f"## {title.capitalize()}\n\n{t.to_markdown(index=False)}\n\n" for title, t in tables.items())
           + "![montage](montage.png)\n")
     atomic_write(Path(out_dir) / "card.md", lambda p: p.write_text(md))

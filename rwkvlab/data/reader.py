@@ -8,23 +8,29 @@ file or folder and what was expected, before anything is prepared.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import textwrap
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from rwkvlab.data._base import DataError, make_split, read_image, read_mask
+from rwkvlab.data._base import DataError, Problem, make_split, read_image, read_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Case", "Sample", "Reader", "ImageMaskReader", "READERS", "register_reader", "get_reader", "validate",
-           "iter_valid"]
+__all__ = ["Case", "Sample", "Reader", "ImageMaskReader", "READERS", "PREPARE_OPTIONS", "register_reader",
+           "get_reader", "validate", "iter_valid"]
+
+# Keys of ``prepare.options.<dataset>`` read by the prepare stage itself, not by the reader's constructor:
+# ``reader`` picks the reader of a dataset name that is not registered, ``skip_invalid`` leaves out the
+# cases that have a problem instead of stopping.
+PREPARE_OPTIONS = ("reader", "skip_invalid")
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,9 @@ class Case:
         files: the files the case is read from (named in messages).
         kind: ``"image"`` (2D, trained and evaluated per image), ``"slice"`` (a 2D training slice of a
             volumetric set) or ``"volume"`` (a 3D case evaluated per volume, SPEC §7).
-        split: the official split this case belongs to (``train``, ``val``, ``test``, ``unlabelled``),
-            when the layout defines one.
+        split: the official split this case belongs to (``train``, ``val``, ``test``, ``unlabelled``,
+            ``<split>_unlabelled`` for a split whose masks are not part of the download), when the layout
+            defines one.
         group: cases that must stay in one split (a patient, a video).
         labelled: ``False`` for unlabelled images (semi-supervised sets).
     """
@@ -123,6 +130,10 @@ class Reader(ABC):
         """Seeded random split of the labelled cases (8:1:1 for the binary sets)."""
         return make_split([c.case_id for c in cases if c.labelled], fractions, seed)
 
+    def extra_splits(self, cases: Sequence[Case]) -> dict[str, dict[str, list[str]]]:
+        """Further published splits beside the paper's (e.g. cross-validation folds), by file name; none here."""
+        return {}
+
 
 READERS: dict[str, type[Reader]] = {}
 
@@ -136,13 +147,42 @@ def register_reader(cls: type[Reader]) -> type[Reader]:
     return cls
 
 
-def get_reader(name: str, root: Path, **options) -> Reader:
-    """The registered reader ``name`` over ``root``; ``options`` go to its constructor."""
-    import rwkvlab.data.readers  # noqa: F401  (registers the readers)
+def get_reader(name: str, root: Path, **options: Any) -> Reader:
+    """The reader of dataset ``name`` over ``root``, built from ``prepare.options.<name>``.
 
-    if name not in READERS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
-    return READERS[name](root, **options)
+    Args:
+        name: a registered reader, or the user's own dataset name when ``options`` has ``reader``.
+        root: the raw folder.
+        options: ``reader`` (a registered reader for ``name``, e.g. ``folder``; the reader then takes
+            ``name`` as its dataset name), ``skip_invalid`` (read by the prepare stage, ignored here) and
+            the reader's constructor arguments.
+
+    Raises:
+        DataError: for an unknown dataset or reader, or an option the reader does not take.
+    """
+    where = f"prepare.options.{name}"
+    given = options.pop("reader", None)
+    options.pop("skip_invalid", None)
+    kind = given or name
+    if kind not in READERS:
+        known = ", ".join(sorted(READERS))
+        if given:
+            raise DataError(f"{where}.reader: unknown reader {given!r}; known: {known}")
+        raise DataError(f"unknown dataset {name!r}; known: {known}; for your own data set "
+                        f"{where}.reader (e.g. reader: folder)")
+    cls = READERS[kind]
+    accepted = list(inspect.signature(cls.__init__).parameters)[2:]  # after self and root
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(f"{where}: unknown option(s) {unknown} for reader {kind!r}; known: "
+                        f"{sorted(accepted + list(PREPARE_OPTIONS))}")
+    try:
+        reader = cls(root, **options)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from err
+    if kind != name:
+        reader.name = name  # the user's dataset name goes into messages and the cache
+    return reader
 
 
 def check_sample(case: Case, sample: Sample, num_classes: int) -> None:
@@ -162,19 +202,32 @@ def check_sample(case: Case, sample: Sample, num_classes: int) -> None:
         raise DataError(f"{where}: label values up to {int(lab.max())}, expected 0..{num_classes - 1}")
 
 
-def iter_valid(reader: Reader, problems: list[str]) -> Iterator[tuple[Case, Sample]]:
-    """Scan and load every case, yielding the good ones and appending every problem."""
+def iter_valid(reader: Reader, problems: list[str], scanned: list[Case] | None = None
+               ) -> Iterator[tuple[Case, Sample]]:
+    """Scan and load every case, yielding the good ones and appending every problem.
+
+    Problems of one case are :class:`~rwkvlab.data._base.Problem` with its id. Cases sharing an id
+    are reported once and none of them is loaded.
+
+    Args:
+        reader: the dataset over its raw folder.
+        problems: where the problems go.
+        scanned: if given, every case the scan found is appended (good or not).
+    """
     cases = reader.scan(problems)
+    if scanned is not None:
+        scanned.extend(cases)
     dup = sorted(cid for cid, n in Counter(c.case_id for c in cases).items() if n > 1)
     for cid in dup:
         files = [str(f) for c in cases if c.case_id == cid for f in c.files[:1]]
-        problems.append(f"duplicate case id {cid!r}: {', '.join(files)}")
-    for case in tqdm(cases, desc=f"read {reader.name}", unit="case", leave=False):
+        problems.append(Problem(f"duplicate case id {cid!r}: {', '.join(files)}", case=cid))
+    unique = [c for c in cases if c.case_id not in set(dup)]
+    for case in tqdm(unique, desc=f"read {reader.name}", unit="case", leave=False):
         try:
             sample = reader.load(case)
             check_sample(case, sample, len(reader.class_names))
         except DataError as err:
-            problems.append(str(err))
+            problems.append(Problem(str(err), case=case.case_id))
             continue
         yield case, sample
 
@@ -189,8 +242,8 @@ def validate(reader: Reader) -> tuple[list[Case], list[str]]:
 class ImageMaskReader(Reader):
     """Base of the 2D sets stored as one image file and one mask file per case.
 
-    ``case.files`` is ``(image, mask)``. Masks are mapped with ``mask_values`` (pixel value -> class)
-    or, for lossy JPEG masks, binarised above ``mask_threshold``.
+    ``case.files`` is ``(image, mask)``, or ``(image,)`` for an unlabelled case. Masks are mapped with
+    ``mask_values`` (pixel value -> class) or, for lossy JPEG masks, binarised above ``mask_threshold``.
     """
 
     mask_values: ClassVar[dict[int, int] | None] = None
@@ -198,5 +251,7 @@ class ImageMaskReader(Reader):
 
     def load(self, case: Case) -> Sample:
         image = read_image(case.files[0])
+        if not case.labelled:
+            return Sample(image, None)
         label = read_mask(case.files[1], self.mask_values, shape=image.shape[:2], threshold=self.mask_threshold)
         return Sample(image, label)

@@ -12,30 +12,32 @@ from rwkvlab.data.augment import train_transforms
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.data.prepare import prepare_dataset
 
-# dataset -> (fixture module, its writer)
+# dataset -> (fixture module, its writer); GOALS and FUGC as their archives unpack
 FIXTURES = {
-    "synapse": ("synapse", "write"), "acdc": ("acdc", "write"), "goals": ("goals", "write"),
+    "synapse": ("synapse", "write"), "acdc": ("acdc", "write"), "goals": ("goals", "write_release"),
     "busi": ("busi", "write"), "cvc_clinicdb": ("cvc", "write_clinicdb"), "cvc_colondb": ("cvc", "write_colondb"),
     "kvasir_seg": ("kvasir", "write"), "isic2017": ("isic2017", "write"), "glas": ("glas", "write"),
-    "psvfm": ("psvfm", "write"), "fugc": ("fugc", "write"),
+    "psvfm": ("psvfm", "write"), "fugc": ("fugc", "write_release"), "folder": ("folder", "write"),
 }
 
 
 def test_every_registered_paper_dataset_has_a_fixture():
-    get_reader("demo", ".")
-    assert set(READERS) - {"demo", "synapse_demo"} == set(FIXTURES)
+    assert set(READERS) - {"demo", "synapse_demo"} == set(FIXTURES)  # registered on import, before any get_reader
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_fixture_through_the_pipeline(name, tmp_path):
     module, writer = FIXTURES[name]
-    getattr(importlib.import_module(f"fixtures.{module}"), writer)(tmp_path / "raw")
-    cases, problems = validate(get_reader(name, tmp_path / "raw"))
+    fixture = importlib.import_module(f"fixtures.{module}")
+    getattr(fixture, writer)(tmp_path / "raw")
+    options = getattr(fixture, "OPTIONS", {}) if name == "folder" else {}
+    cases, problems = validate(get_reader(name, tmp_path / "raw", **options))
     assert not problems and cases
     cache = tmp_path / "prepared" / "cache.h5"
-    assert prepare_dataset(name, tmp_path / "raw", (32, 32), [0, 1, 2], cache, tmp_path / "splits", tmp_path / "card")
+    assert prepare_dataset(name, tmp_path / "raw", (32, 32), [0, 1, 2], cache, tmp_path / "splits", tmp_path / "card",
+                           options=options)
     data = load_prepared(cache, tmp_path / "splits" / "seed0.json")
-    assert data.num_classes == len(READERS[name].class_names)
+    assert data.class_names == get_reader(name, tmp_path / "raw", **options).class_names
     assert data.images.shape[1:3] == (32, 32) and data.masks.max() < data.num_classes
     if data.volume_splits.get("test"):
         vid = data.volume_splits["test"][0]
@@ -46,7 +48,10 @@ def test_fixture_through_the_pipeline(name, tmp_path):
     plain = next(iter(DataLoader(SegArrays(data, "train"), batch_size=4)))
     x = as_float(plain["image"])
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    assert {f"seed{k}.json" for k in range(3)} <= {p.name for p in (tmp_path / "splits").iterdir()}
+    written = {p.name for p in (tmp_path / "splits").iterdir()}
+    assert {f"seed{k}.json" for k in range(3)} <= written
+    if name == "psvfm":  # the authors' leave-one-video-out folds beside the paper's split
+        assert {f"loo_{v}.json" for v in ("anon001", "anon005", "anon012")} <= written
     assert np.isin(data.splits["train"], np.flatnonzero(data.labelled)).all()
 
 

@@ -8,6 +8,7 @@ from fixtures import busi, cvc, glas, isic2017, kvasir, psvfm
 from PIL import Image
 
 from rwkvlab.data.reader import get_reader, validate
+from rwkvlab.data.readers import psvfm as psvfm_reader
 
 # dataset -> (fixture writer, number of cases)
 FIXTURES = {
@@ -22,7 +23,7 @@ FIXTURES = {
 # the 8:1:1 sets -> (train, val, test) sizes of their fixture
 RANDOM_SPLITS = {"busi": (14, 2, 2), "cvc_clinicdb": (16, 2, 2), "cvc_colondb": (16, 2, 2), "kvasir_seg": (16, 2, 2)}
 # the sets whose masks must hold exactly 0 and 255 (the others are thresholded)
-EXACT_MASKS = ["busi", "cvc_colondb", "isic2017", "psvfm"]
+EXACT_MASKS = ["busi", "cvc_colondb", "isic2017"]
 
 
 def written(name, tmp_path):
@@ -105,12 +106,36 @@ def test_glas_split_official_test_and_seeded_val(tmp_path):
 def test_psvfm_split_by_video(tmp_path):
     _, reader = written("psvfm", tmp_path)
     cases, _ = validate(reader)
-    assert {c.group for c in cases} == {f"video0{k}" for k in range(1, 7)}
+    assert {c.group for c in cases} == set(psvfm_reader.VIDEOS)
     assert all(c.case_id.startswith(f"{c.group}_") for c in cases)
     split = reader.split(cases, 0)
     videos = {s: sorted({cid[:7] for cid in ids}) for s, ids in split.items()}
-    assert videos == {"train": ["video01", "video02", "video03"], "val": ["video04"], "test": ["video05", "video06"]}
+    assert videos == {"train": ["anon001", "anon002", "anon003"], "val": ["anon005"], "test": ["anon010", "anon012"]}
     assert reader.split(cases, 1) == reader.split(cases, 2) == split
+
+
+def test_psvfm_leave_one_video_out_folds(tmp_path):
+    _, reader = written("psvfm", tmp_path)
+    cases, _ = validate(reader)
+    folds = reader.extra_splits(cases)
+    assert sorted(folds) == [f"loo_{v}" for v in psvfm_reader.VIDEOS]
+    every = sorted(c.case_id for c in cases)
+    for video in psvfm_reader.VIDEOS:
+        fold = folds[f"loo_{video}"]
+        assert {cid[:7] for cid in fold["test"]} == {video} and len(fold["test"]) == psvfm.FRAMES
+        assert video not in {cid[:7] for cid in fold["train"]}
+        assert sorted(fold["train"] + fold["test"]) == every
+
+
+def test_psvfm_rgb_masks_binarised_in_any_channel(tmp_path):
+    _, reader = written("psvfm", tmp_path)
+    case = validate(reader)[0][4]
+    with Image.open(case.files[1]) as im:
+        assert im.mode == "RGB"
+        rgb = np.asarray(im)
+    label = reader.load(case).label
+    np.testing.assert_array_equal(label, rgb.max(axis=-1) > 0)
+    assert label[psvfm.FAINT] == 1 and grey(case.files[1])[psvfm.FAINT] == 0  # grey conversion would lose it
 
 
 def test_busi_merges_extra_masks_and_reads_rgb(tmp_path):
@@ -169,7 +194,7 @@ def test_missing_root_shows_expected_tree(name, tmp_path):
     ("cvc_colondb", "images"),
     ("kvasir_seg", "masks"),
     ("isic2017", "ISIC-2017_Validation_Part1_GroundTruth"),
-    ("psvfm", "video02/masks"),
+    ("psvfm", "anon002/masks"),
 ])
 def test_missing_subfolder(name, folder, tmp_path):
     root, _ = written(name, tmp_path)
@@ -179,11 +204,14 @@ def test_missing_subfolder(name, folder, tmp_path):
 
 def test_psvfm_missing_and_unknown_video(tmp_path):
     root, _ = written("psvfm", tmp_path)
-    shutil.rmtree(root / "video05")
-    shutil.copytree(root / "video06", root / "video07")
+    shutil.rmtree(root / "anon010")
+    shutil.copytree(root / "anon012", root / "video07")
+    (root / "notes").mkdir()
     found = problems("psvfm", root)
-    only(found, str(root), "video 5", "test split")
-    only(found, str(root / "video07"), "not one of the published videos")
+    assert len(found) == 3
+    only(found, f"{root / 'anon010'}: folder not found", "video 5", "test split")
+    only(found, f"{root / 'video07'}: not one of the published video folders anon001")
+    only(found, f"{root / 'notes'}: not one of the published video folders")
 
 
 @pytest.mark.parametrize("name", FIXTURES)

@@ -11,7 +11,8 @@ from fixtures import acdc, fugc, goals, synapse
 from fixtures.synapse import write_h5
 from PIL import Image
 
-from rwkvlab.data import DataError, get_reader, validate
+from rwkvlab.data import DataError, get_reader, load_prepared, validate
+from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.readers.acdc import patient_split
 from rwkvlab.data.__main__ import main
 from rwkvlab.data.readers.synapse_demo import CLASS_NAMES, generate
@@ -211,6 +212,63 @@ def test_acdc_missing_folder(tmp_path):
     assert only_problem("acdc", root).startswith(f"{root / 'ACDC_training_volumes'}: folder not found; expected")
 
 
+@pytest.mark.parametrize("layout", acdc.LAYOUTS)
+def test_acdc_published_layouts(tmp_path, layout):
+    root = tmp_path / "acdc"
+    acdc.write(root, layout)
+    reader = get_reader("acdc", root)
+    cases, found = validate(reader)
+    assert found == []
+    split = reader.split(cases, 0)
+    assert {s: len(ids) for s, ids in split.items()} == COUNTS["acdc"]
+    first = 0 if layout == "wsl4mis" else 1
+    assert f"{acdc.frame_name(31, 1, layout)}_slice_{first}" in split["train"]
+    assert split["test"] == sorted(acdc.frame_name(p, k, layout) for p in (1, 2) for k in (0, 1))
+    case = next(c for c in cases if c.case_id == acdc.frame_name(22, 1, layout))
+    image, label = acdc.volume_arrays(22 * 100 + acdc.FRAMES[1])
+    volume = reader.load(case)
+    np.testing.assert_array_equal(volume.image, image)
+    np.testing.assert_array_equal(volume.label, label)
+    cache = tmp_path / "prepared" / "cache.h5"
+    assert prepare_dataset("acdc", root, (32, 32), [0], cache, tmp_path / "splits", tmp_path / "card")
+    data = load_prepared(cache, tmp_path / "splits" / "seed0.json")
+    assert len(data.splits["train"]) == COUNTS["acdc"]["train"] and len(data.volumes) == 8
+
+
+def test_acdc_both_layouts(tmp_path):
+    root = tmp_path / "acdc"
+    acdc.write(root, "wsl4mis")
+    acdc.write(root, "ssl4mis")
+    assert only_problem("acdc", root).startswith(f"{root}: holds both WSL4MIS's ACDC_training_slices/ and "
+                                                 f"SSL4MIS's data/")
+
+
+def test_acdc_no_layout(tmp_path):
+    (tmp_path / "acdc" / "patients").mkdir(parents=True)
+    message = only_problem("acdc", tmp_path / "acdc")
+    assert message.startswith(f"{tmp_path / 'acdc'}: neither ACDC_training_slices/ + ACDC_training_volumes/ "
+                              f"(WSL4MIS) nor data/ (SSL4MIS) found")
+
+
+def test_acdc_flat_misnamed_file(tmp_path):
+    root = tmp_path / "acdc"
+    acdc.write(root, "ssl4mis_flat")
+    bad = root / "data" / "patient031_frame01_slice1.h5"
+    write_h5(bad, image=np.zeros(acdc.SHAPE, np.float32))
+    assert only_problem("acdc", root).startswith(
+        f"{bad}: unexpected file name; expected patient<XXX>_frame<YY>_slice_<Z>.h5 or patient<XXX>_frame<YY>.h5")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_acdc_volume_with_nan_or_inf(tmp_path, value):
+    root = raw("acdc", tmp_path)
+    path = root / "ACDC_training_volumes" / "patient002_frame12.h5"
+    image, label = acdc.volume_arrays(0)
+    image[1, 2, 3] = value
+    write_h5(path, image=image, label=label)
+    assert only_problem("acdc", root) == f"{path}: image has NaN or infinite values, expected intensities in [0, 1]"
+
+
 def test_acdc_bad_files(tmp_path):
     root = raw("acdc", tmp_path)
     truncated = root / "ACDC_training_volumes" / "patient001_frame01.h5"
@@ -253,11 +311,54 @@ def test_goals_unexpected_grey_level(tmp_path):
 def test_goals_only_train(tmp_path):
     root = tmp_path / "goals"
     goals.write(root, folders=("Train",))
-    found = problems("goals", root)
-    assert [m.split(": ")[0] for m in found] == [str(root / "Validation" / "Image"),
-                                                str(root / "Validation" / "Layer_Masks"),
-                                                str(root / "Test" / "Image"), str(root / "Test" / "Layer_Masks")]
-    assert all("folder not found; expected layout" in m for m in found)
+    reader = get_reader("goals", root)
+    cases, found = validate(reader)
+    assert found == []  # validation and test are separate downloads
+    assert reader.split(cases, 0) == {"train": [f"train_{i:04d}" for i in range(1, goals.PER_SPLIT + 1)]}
+
+
+def test_goals_without_training_folder(tmp_path):
+    root = tmp_path / "goals"
+    goals.write(root, folders=("Validation",))
+    message = only_problem("goals", root)
+    assert message.startswith(f"{root}: no training folder (tried Train/Image, GOALS2022-Train/Train/Image)")
+
+
+@pytest.mark.parametrize("inner", ["", "GOALS2022-Train"])
+def test_goals_as_the_archives_unpack(tmp_path, inner):
+    root = tmp_path / "goals"
+    goals.write_release(root)
+    reader = get_reader("goals", root / inner)
+    cases, found = validate(reader)
+    assert found == []
+    train = [f"train_{i:04d}" for i in range(1, goals.PER_SPLIT + 1)]
+    val = [f"val_{i:04d}" for i in range(101, 101 + goals.PER_SPLIT)]
+    assert reader.split(cases, 0) == ({"train": train, "val_unlabelled": val} if not inner else {"train": train})
+    by_id = {c.case_id: c for c in cases}
+    assert by_id["train_0001"].files[1] == root / "GOALS2022-Train" / "Train" / "Layer_Masks" / "0001.png"
+    if not inner:
+        unlabelled = by_id["val_0101"]
+        assert not unlabelled.labelled
+        assert unlabelled.files == (root / "GOALS2022-Validation" / "GOALS2022-Validation" / "Image" / "0101.png",)
+        assert reader.load(unlabelled).label is None
+
+
+def test_goals_two_copies_of_a_split(tmp_path):
+    root = tmp_path / "goals"
+    goals.write_release(root)
+    goals.write(root, folders=("Train",))
+    assert only_problem("goals", root) == (f"{root / 'Train'}, {root / 'GOALS2022-Train' / 'Train'}: several copies "
+                                           f"of the same folder; keep one of them")
+
+
+def test_goals_release_prepares_unlabelled_validation(tmp_path):
+    root = tmp_path / "goals"
+    goals.write_release(root)
+    cache = tmp_path / "prepared" / "cache.h5"
+    assert prepare_dataset("goals", root, (32, 32), [0], cache, tmp_path / "splits", tmp_path / "card")
+    data = load_prepared(cache, tmp_path / "splits" / "seed0.json")
+    assert sorted(data.splits) == ["train", "val_unlabelled"]
+    assert data.labelled[data.splits["train"]].all() and not data.labelled[data.splits["val_unlabelled"]].any()
 
 
 def test_goals_mask_size_mismatch(tmp_path):
@@ -299,6 +400,27 @@ def test_fugc_missing_unlabelled_folder(tmp_path):
     for path in folder.iterdir():
         path.unlink()
     assert only_problem("fugc", root).startswith(f"{folder}: folder is empty; expected layout")
+
+
+@pytest.mark.parametrize("inner", ["", "FUGC (Dataset)", "FUGC (Dataset)/dataset"])
+def test_fugc_as_the_archive_unpacks(tmp_path, inner):
+    root = tmp_path / "fugc"
+    fugc.write_release(root)
+    reader = get_reader("fugc", root / inner)
+    cases, found = validate(reader)
+    assert found == []
+    counts = {s: len(ids) for s, ids in reader.split(cases, 0).items()}
+    assert counts == {"train": fugc.PER_FOLDER, "unlabelled": fugc.PER_FOLDER, "val": fugc.PER_FOLDER,
+                      "test_unlabelled": fugc.PER_FOLDER}
+    test = [c for c in cases if c.split == "test_unlabelled"]
+    assert not any(c.labelled for c in test) and test[0].files[0].parent == root / fugc.RELEASE / "test" / "images"
+
+
+def test_fugc_without_train_folder(tmp_path):
+    (tmp_path / "fugc" / "other").mkdir(parents=True)
+    message = only_problem("fugc", tmp_path / "fugc")
+    assert message.startswith(f"{tmp_path / 'fugc'}: no train/ folder (tried ./train, dataset/train, "
+                              f"FUGC (Dataset)/dataset/train)")
 
 
 @pytest.fixture(scope="module")

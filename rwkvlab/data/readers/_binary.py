@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
-from rwkvlab.data._base import pair_folder
+from rwkvlab.data._base import Problem, pair_folder
 from rwkvlab.data.reader import Case, ImageMaskReader
 
 logger = logging.getLogger(__name__)
@@ -31,16 +31,17 @@ def find_files(folder: Path, pattern: str, problems: list[str], expected: str) -
     return found
 
 
-def pair_by_name(images: Sequence[Path], mask_for: Callable[[Path], Path],
-                 problems: list[str]) -> list[tuple[Path, Path]]:
-    """Pair each image with the mask file ``mask_for(image)``; a problem for each mask that is missing."""
+def pair_by_name(images: Sequence[Path], mask_for: Callable[[Path], Path], problems: list[str],
+                 case_of: Callable[[Path], str] = lambda image: image.stem) -> list[tuple[Path, Path]]:
+    """Pair each image with the mask file ``mask_for(image)``; a problem of case ``case_of(image)`` for each
+    mask that is missing."""
     pairs = []
     for image in images:
         mask = mask_for(image)
         if mask.is_file():
             pairs.append((image, mask))
         else:
-            problems.append(f"{image}: no mask; expected {mask}")
+            problems.append(Problem(f"{image}: no mask; expected {mask}", case=case_of(image)))
     return pairs
 
 

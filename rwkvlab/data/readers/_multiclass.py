@@ -1,5 +1,6 @@
 """Helpers shared by the multi-class readers (SPEC §8): array files for Synapse and ACDC, and
-one image folder plus one mask folder per official split for GOALS and FUGC."""
+one image folder plus one mask folder per official split for GOALS and FUGC, found where their
+archives unpack them (SPEC §15)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import h5py
 import numpy as np
@@ -17,7 +18,7 @@ from rwkvlab.data.reader import Case, Reader, Sample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArrayFileReader", "read_arrays", "unit_image", "class_label", "paired_splits", "log_counts"]
+__all__ = ["ArrayFileReader", "read_arrays", "unit_image", "class_label", "locate", "paired_splits", "log_counts"]
 
 # Float rounding of a [0, 1] normalisation may overshoot by an ulp or so; more than this is a wrong scale.
 _UNIT_TOLERANCE = 1e-4
@@ -107,28 +108,52 @@ class ArrayFileReader(Reader):
         return Sample(image, label)
 
 
-def paired_splits(reader: Reader, problems: list[str], folders: Sequence[tuple[str, str, str]]) -> list[Case]:
+def locate(reader: Reader, problems: list[str], candidates: Sequence[str], holding: str) -> Path | None:
+    """The one of ``candidates`` (folders relative to the root, in the order tried) that holds ``holding``.
+
+    Several of them holding it is a problem naming each (two copies of one split), and the first is used.
+    """
+    found = [reader.root / c for c in candidates if (reader.root / c / holding).is_dir()]
+    if len(found) > 1:
+        problems.append(f"{', '.join(map(str, found))}: several copies of the same folder; keep one of them")
+    return found[0] if found else None
+
+
+def paired_splits(reader: Reader, problems: list[str], folders: Sequence[tuple[str, Path, str, str]],
+                  masks_optional: Collection[str] = ()) -> list[Case]:
     """Cases of a layout with one image folder and one mask folder per official split.
 
     Args:
         reader: the reader (its root and expected tree).
         problems: where missing folders and images without a mask are appended.
-        folders: ``(split, image folder, mask folder)``, folders relative to the root; masks share the
-            image's file stem.
+        folders: ``(split, folder, image subfolder, mask subfolder)``; masks share the image's file stem.
+        masks_optional: splits whose masks may be absent from the download: their images are then
+            unlabelled cases (usable for prediction, not for training or scoring) of split
+            ``<split>_unlabelled``, and this is logged.
 
     Returns:
         ``Case("<split>_<stem>", (image, mask), split=split)``: the split prefix keeps ids unique when
         every split numbers its files from 1.
     """
     cases = []
-    for split, image_dir, mask_dir in folders:
-        for cid, image, mask in pair_folder(reader.root, image_dir, mask_dir, problems, expected=reader.expected()):
-            cases.append(Case(f"{split}_{cid}", (image, mask), split=split))
+    for split, folder, image_dir, mask_dir in folders:
+        images, masks = folder / image_dir, folder / mask_dir
+        if split in masks_optional and images.is_dir() and not masks.exists():
+            if reader.require_dirs(problems, images):
+                files = sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith("."))
+                logger.warning("%s: %s has no %s folder (masks not part of the download): its %d images are "
+                               "unlabelled, usable for prediction only", reader.name, folder, mask_dir, len(files))
+                cases += [Case(f"{split}_{p.stem}", (p,), split=f"{split}_unlabelled", labelled=False) for p in files]
+            continue
+        for cid, image, mask in pair_folder(folder, image_dir, mask_dir, problems, expected=reader.expected(),
+                                            id_prefix=f"{split}_"):
+            cases.append(Case(cid, (image, mask), split=split))
     return cases
 
 
 def log_counts(reader: Reader, cases: Sequence[Case], published: dict[str, str]) -> None:
     """Log the cases per split next to the published release (fixtures and subsets differ on purpose)."""
     counts = Counter(c.split for c in cases)
+    others = [f"{s} {n}" for s, n in sorted(counts.items()) if s not in published]
     logger.info("%s under %s: %s", reader.name, reader.root,
-                ", ".join(f"{s} {counts.get(s, 0)} (published: {n})" for s, n in published.items()))
+                ", ".join([f"{s} {counts.get(s, 0)} (published: {n})" for s, n in published.items()] + others))

@@ -21,6 +21,11 @@ _IMAGE = r"(?P<name>.+?) ?\((?P<n>\d+)\)\.png"
 _MASK = re.compile(r"(?P<stem>.+)_mask(?:_(?P<extra>\d+))?\.png")
 
 
+def _case_id(image: Path) -> str:
+    """``<class folder>_<n>`` of ``<class folder>/<name> (<n>).png``."""
+    return f"{image.parent.name}_{int(re.fullmatch(_IMAGE, image.name)['n'])}"
+
+
 @register_reader
 class BUSI(ImageMaskReader):
     """BUSI (Dataset_BUSI_with_GT) as published.
@@ -69,10 +74,10 @@ class BUSI(ImageMaskReader):
                 if match and match["extra"]:
                     extras.setdefault(match["stem"], []).append((int(match["extra"]), file))
             images = find_files(path, _IMAGE, problems, self.expected())
-            for image, mask in pair_by_name(images, lambda p: p.with_name(f"{p.stem}_mask.png"), problems):
-                number = int(re.fullmatch(_IMAGE, image.name)["n"])
+            for image, mask in pair_by_name(images, lambda p: p.with_name(f"{p.stem}_mask.png"), problems,
+                                            _case_id):
                 more = tuple(file for _, file in sorted(extras.get(image.stem, [])))
-                cases.append(Case(f"{folder}_{number}", (image, mask, *more)))
+                cases.append(Case(_case_id(image), (image, mask, *more)))
         return cases
 
     def load(self, case: Case) -> Sample:
