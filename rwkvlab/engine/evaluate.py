@@ -1,4 +1,4 @@
-"""Inference and per-case evaluation (SPEC §7)."""
+"""Per-case evaluation of a split with the paper's protocol (SPEC §7); inference is :mod:`rwkvlab.engine.inference`."""
 
 from __future__ import annotations
 
@@ -11,43 +11,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rwkvlab.data.cache import Prepared, resize_image, resize_label
-from rwkvlab.data.loader import to_tensor
-from rwkvlab.engine.checkpoint import load_checkpoint
+from rwkvlab.data.cache import Prepared
+from rwkvlab.engine.inference import predict, predict_volume
 from rwkvlab.io import atomic_write
 from rwkvlab.metrics import case_metrics
-from rwkvlab.models import create_model
 
-__all__ = ["predict", "predict_volume", "evaluate_split", "load_trained", "evaluate_cases", "summarize",
-           "write_evaluation", "read_evaluation"]
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Label maps of cached 2D images.
-
-    Shape:
-        images (N, H, W, C), uint8 or float in [0, 1], H and W multiples of 16 -> (N, H, W) uint8 labels.
-    """
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        out.append(model(to_tensor(images[i : i + batch_size]).to(device)).argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
-
-
-def predict_volume(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, int], batch_size: int,
-                   device: torch.device) -> np.ndarray:
-    """The volume protocol of SPEC §7 (TransUNet): every slice resized to the network size with an
-    order-3 spline, argmax, and the prediction resized back with nearest neighbour.
-
-    Shape:
-        volume (D, H, W) float in [0, 1] -> (D, H, W) uint8 labels.
-    """
-    d, h, w = volume.shape
-    slices = np.stack([resize_image(s, size) for s in volume])[..., None]
-    pred = predict(model, slices, batch_size, device)
-    return np.stack([resize_label(p, (h, w)) for p in pred]) if d else np.zeros((0, h, w), np.uint8)
+__all__ = ["evaluate_split", "evaluate_cases", "summarize", "write_evaluation", "read_evaluation"]
 
 
 def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_size: int,
@@ -74,18 +43,6 @@ def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_siz
     if not frames:
         raise ValueError(f"{data.dataset}: split {split!r} has no labelled cases to evaluate")
     return pd.concat(frames, ignore_index=True), preds
-
-
-def load_trained(run_dir: Path, which: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained model from ``run_dir/{best,last}.pt`` (name + config) and load it strictly."""
-    path = Path(run_dir) / f"{which}.pt"
-    state = load_checkpoint(path)
-    if state is None:
-        raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
-    model = create_model(state["model_name"], in_chans=state["config"]["in_chans"],
-                         num_classes=state["config"]["num_classes"])
-    model.load_state_dict(state["model"], strict=True)
-    return model.to(device).eval(), state
 
 
 def evaluate_cases(pred: np.ndarray, gt: np.ndarray, ids: Sequence[str], class_names: Sequence[str],

@@ -34,16 +34,9 @@ from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "fit", "data_fingerprint"]
+__all__ = ["fit", "data_fingerprint", "model_kwargs_for"]
 
 _HISTORY = ["epoch", "lr", "train_loss", "val_dsc"]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> the GPU when there is one, else the CPU; any other torch device string as is."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def data_fingerprint(data: Prepared) -> str:
@@ -65,12 +58,24 @@ def _val_dsc(model: torch.nn.Module, data: Prepared, batch_size: int, device: to
     return summarize(evaluate_split(model, data, "val", batch_size, device)[0])["dsc"]
 
 
+def model_kwargs_for(data: Prepared, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every keyword argument that rebuilds the model for ``data``: its channels and classes plus ``model_kwargs``."""
+    extra = dict(model_kwargs or {})
+    clash = sorted({"in_chans", "num_classes"} & set(extra))
+    if clash:
+        raise ValueError(f"model kwargs {clash} come from the dataset ({data.dataset}); remove them")
+    return {"in_chans": data.in_chans, "num_classes": data.num_classes, **extra}
+
+
 def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
-        device: torch.device, num_workers: int = 0, history_csv: Path | None = None,
-        stop_after: int | None = None) -> pd.DataFrame:
+        device: torch.device, model_kwargs: dict[str, Any] | None = None, init: Path | None = None,
+        num_workers: int = 0, history_csv: Path | None = None, stop_after: int | None = None) -> pd.DataFrame:
     """Train ``model_name`` on the ``train`` split, select on ``val``; resume from ``run_dir/last.pt``.
 
-    Without a ``val`` split (Synapse: the paper tests the last epoch) ``best.pt`` is the last epoch.
+    Without a ``val`` split (Synapse: the paper tests the last epoch) ``best.pt`` is the last epoch. The
+    checkpoints record the model's name and keyword arguments (``model_name``, ``model_kwargs``) and what
+    inference needs (``meta``: image size, channels, intensity convention, class names), so
+    :func:`rwkvlab.engine.inference.load_trained` rebuilds the model from the checkpoint alone.
 
     Args:
         model_name: a registered model.
@@ -79,6 +84,8 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         run_dir: where ``last.pt`` (every epoch) and ``best.pt`` (best val DSC) go.
         seed: base seed; epoch ``e`` is seeded with ``seed + e``.
         device: where to train.
+        model_kwargs: keyword arguments of the model besides channels and classes (an ablation variant's switches).
+        init: an ``encoder.pt`` of the pretrain stage to start the encoder from (``recipe.init`` resolved).
         num_workers: DataLoader workers.
         history_csv: rewritten after every epoch with the history so far (DVC plots), if given.
         stop_after: end after this many epochs of this call (to test resuming); ``None`` runs to the end.
@@ -87,10 +94,18 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         one row per epoch: epoch, lr, train_loss, val_dsc.
     """
     run_dir = Path(run_dir)
-    config: dict[str, Any] = {"model": model_name, "num_classes": data.num_classes, "in_chans": data.in_chans,
-                              "recipe": asdict(recipe), "seed": seed, "data": data_fingerprint(data)}
+    kwargs = model_kwargs_for(data, model_kwargs)
+    config: dict[str, Any] = {"model": model_name, "model_kwargs": kwargs, "recipe": asdict(recipe), "seed": seed,
+                              "data": data_fingerprint(data), "init": str(init) if init else None}
+    meta = {"dataset": data.dataset, "class_names": list(data.class_names), "image_size": list(data.images.shape[1:3]),
+            "in_chans": data.in_chans, "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float"}
     set_determinism(seed)
-    model = create_model(model_name, in_chans=data.in_chans, num_classes=data.num_classes).to(device)
+    model = create_model(model_name, **kwargs)
+    if init is not None:
+        from rwkvlab.engine.pretrain import load_pretrained_encoder
+
+        load_pretrained_encoder(model, init)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=recipe.min_lr)
     loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
@@ -135,7 +150,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         save_checkpoint(run_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best_val_dsc": best, "history": history, "model_name": model_name,
-            "config": config, "git_revision": git_revision(),
+            "model_kwargs": kwargs, "meta": meta, "config": config, "git_revision": git_revision(),
         })
         if improved:
             atomic_write(run_dir / "best.pt", lambda f: shutil.copyfile(run_dir / "last.pt", f))

@@ -7,7 +7,7 @@ config table and registered as ``rwkv_unet_t|s|b`` (segmentation) and ``rwkv_enc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal, Sequence
 
 import torch
@@ -19,36 +19,69 @@ from rwkvlab.models._registry import register_model
 from rwkvlab.models.layers import ConvBNAct, q_shift
 from rwkvlab.ops import bi_wkv
 
-__all__ = ["RWKVUNetCfg", "RWKVEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock", "CCM"]
+__all__ = ["MIXERS", "RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock",
+           "CCM", "token_mixer"]
+
+
+MIXERS = ("spatial_mix", "none", "mhsa", "focused_linear", "bi_mamba")
 
 
 @dataclass(frozen=True)
 class RWKVUNetCfg:
-    """Architecture of one RWKV-UNet size (SPEC §1, table).
+    """Architecture of one RWKV-UNet size (SPEC §1, table) and the switches of the paper's ablations (SPEC §10).
 
     Args:
         depths: blocks per stage 1-4.
         dims: output channels e0..e3 of stages 1-4.
         expansions: expansion ratio per stage.
         stem_dim: stem output channels (also the last decoder width).
-        mix_stages: 0-based indices of the stages whose blocks 1.. use Spatial Mix.
+        mixer: token mixer of the GLSP blocks (Table 2): ``spatial_mix`` (the paper's), ``none`` (LP blocks only),
+            ``mhsa``, ``focused_linear`` or ``bi_mamba``.
+        channel_mix: a Channel Mix (hidden rate 2) after the token mixer inside each GLSP block (Table 10).
+        mix_stages: 0-based indices of the stages whose blocks 1.. mix tokens; (0, 1, 2, 3) is Table 9's
+            "shallow attention".
         dw_kernel: depthwise kernel of the GLSP blocks.
-        decoder_kernel: depthwise kernel of the decoder up-blocks.
+        decoder_kernel: depthwise kernel of the decoder up-blocks (Table 8).
+        skips: skip connections kept, 0-3; the deepest are dropped first (Table 11).
+        ccm: mix the kept skips with CCM (Table 11); without it the raw encoder features are the skips.
+        ccm_rate: hidden expansion of the CCM Channel Mix (Table 12).
         drop_path_rate: the last stage block's drop-path rate (linear from 0).
-        ccm_rate: hidden expansion of the CCM Channel Mix (paper Table 12).
         ccm_drop_path: drop-path rate of the CCM residual.
+        encoder: ``"rwkv"`` (the paper's encoder), or a timm model name whose ``features_only`` stages replace it
+            (Table 6); the decoder and CCM widths follow the encoder's ``feature_info``. No weights are loaded.
+        img_size: input size for timm encoders that fix it at construction (MaxViT's windows); ``None`` otherwise.
     """
 
     depths: tuple[int, int, int, int]
     dims: tuple[int, int, int, int]
     expansions: tuple[float, float, float, float]
     stem_dim: int = 24
+    mixer: str = "spatial_mix"
+    channel_mix: bool = False
     mix_stages: tuple[int, ...] = (2, 3)
     dw_kernel: int = 5
     decoder_kernel: int = 9
-    drop_path_rate: float = 0.05
+    skips: int = 3
+    ccm: bool = True
     ccm_rate: int = 2
+    drop_path_rate: float = 0.05
     ccm_drop_path: float = 0.05
+    encoder: str = "rwkv"
+    img_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(MIXERS)}; got {self.mixer!r}")
+        if not set(self.mix_stages) <= {0, 1, 2, 3}:
+            raise ValueError(f"mix_stages must be stage indices 0-3; got {self.mix_stages}")
+        if not 0 <= self.skips <= 3:
+            raise ValueError(f"skips must be 0, 1, 2 or 3; got {self.skips}")
+        if not 1 <= self.ccm_rate <= 8:
+            raise ValueError(f"ccm_rate must be an integer 1-8; got {self.ccm_rate}")
+        for name in ("dw_kernel", "decoder_kernel"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name} must be an odd positive integer (same padding); got {k}")
 
 
 SIZES: dict[str, RWKVUNetCfg] = {
@@ -117,8 +150,17 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.mu_r))) * kv
 
 
+def token_mixer(name: str, dim: int) -> nn.Module:
+    """The token mixer ``name`` of :data:`MIXERS` (``none`` excluded) over ``dim`` channels."""
+    if name == "spatial_mix":
+        return SpatialMix(dim)
+    from rwkvlab.models.mixers import create_mixer  # the ablation mixers (Table 2)
+
+    return create_mixer(name, dim)
+
+
 class GLSPBlock(nn.Module):
-    """Global-local spatial perception block (SPEC §1); with ``spatial_mix=False`` an LP block.
+    """Global-local spatial perception block (SPEC §1); with ``mixer=None`` an LP block.
 
     Args:
         in_chs: input channels din.
@@ -126,7 +168,8 @@ class GLSPBlock(nn.Module):
         mid_chs: expanded width dm.
         stride: stride of the depthwise convolution (2 downsamples).
         norm: input normalisation: BatchNorm (stages 1-2), channel LayerNorm (stages 3-4) or none (stem).
-        spatial_mix: insert the Spatial Mix between expansion and depthwise conv.
+        mixer: token mixer between expansion and depthwise conv (:data:`MIXERS`), or ``None``.
+        channel_mix: a Channel Mix residual after the token mixer (paper Table 10).
         se: squeeze-excite after the depthwise conv (stem only).
         skip_allowed: use residuals when the shape allows (din == dout and stride 1).
         dw_kernel: depthwise kernel size.
@@ -140,7 +183,8 @@ class GLSPBlock(nn.Module):
         mid_chs: int,
         stride: int = 1,
         norm: Literal["bn", "ln", "none"] = "bn",
-        spatial_mix: bool = False,
+        mixer: str | None = None,
+        channel_mix: bool = False,
         se: bool = False,
         skip_allowed: bool = True,
         dw_kernel: int = 5,
@@ -149,12 +193,15 @@ class GLSPBlock(nn.Module):
         super().__init__()
         if norm not in ("bn", "ln", "none"):
             raise ValueError(f"norm must be 'bn', 'ln' or 'none', got {norm!r}")
+        mixer = None if mixer == "none" else mixer
         self.skip = skip_allowed and in_chs == out_chs and stride == 1
         self.norm = {"bn": lambda: nn.BatchNorm2d(in_chs, eps=1e-6), "ln": lambda: LayerNorm2d(in_chs, eps=1e-6),
                      "none": nn.Identity}[norm]()
         self.expand = ConvBNAct(in_chs, mid_chs, 1, act_layer=nn.ReLU)
-        self.mix = SpatialMix(mid_chs) if spatial_mix else None
-        self.mix_norm = nn.LayerNorm(mid_chs) if spatial_mix else None
+        self.mix = token_mixer(mixer, mid_chs) if mixer else None
+        self.mix_norm = nn.LayerNorm(mid_chs) if mixer else None
+        self.cmix = ChannelMix(mid_chs) if mixer and channel_mix else None
+        self.cmix_norm = nn.LayerNorm(mid_chs) if self.cmix is not None else None
         self.dw = ConvBNAct(mid_chs, mid_chs, dw_kernel, stride, groups=mid_chs, act_layer=nn.SiLU)
         self.se = SEModule(mid_chs, rd_channels=mid_chs, act_layer=nn.SiLU) if se else nn.Identity()
         self.proj = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
@@ -168,10 +215,18 @@ class GLSPBlock(nn.Module):
             n, c, h, w = x.shape
             tokens = x.flatten(2).transpose(1, 2)
             tokens = tokens + self.drop_path(self.mix_norm(self.mix(tokens, (h, w))))
+            if self.cmix is not None:
+                tokens = tokens + self.drop_path(self.cmix_norm(self.cmix(tokens, (h, w))))
             x = tokens.transpose(1, 2).reshape(n, c, h, w)
         y = self.se(self.dw(x))
         x = self.proj(x + y if self.skip else y)
         return shortcut + self.drop_path(x) if self.skip else x
+
+
+def _check_channels(x: Tensor, in_chans: int, who: str) -> None:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"{who}: built for in_chans={in_chans}, got an input of shape {tuple(x.shape)}; "
+                         f"expected (N, {in_chans}, H, W)")
 
 
 class RWKVEncoder(nn.Module):
@@ -191,19 +246,20 @@ class RWKVEncoder(nn.Module):
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
         self.cfg = cfg
-        self.repeat_gray = in_chans == 1
-        stem_in = 3 if self.repeat_gray else in_chans
+        self.in_chans = in_chans
+        stem_in = 3 if in_chans == 1 else in_chans
         self.stem = GLSPBlock(stem_in, cfg.stem_dim, stem_in, norm="none", se=True, skip_allowed=False,
                               dw_kernel=cfg.dw_kernel)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.feature_info: list[dict] = []
         in_chs = cfg.stem_dim
         for i, (depth, dim, exp) in enumerate(zip(cfg.depths, cfg.dims, cfg.expansions)):
             norm = "bn" if i < 2 else "ln"
+            mixer = cfg.mixer if i in cfg.mix_stages else None
             blocks = [GLSPBlock(in_chs, dim, int(in_chs * exp * 2), stride=2, norm=norm, skip_allowed=False,
                                 dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0))]
-            blocks += [GLSPBlock(dim, dim, int(dim * exp), norm=norm, spatial_mix=i in cfg.mix_stages,
+            blocks += [GLSPBlock(dim, dim, int(dim * exp), norm=norm, mixer=mixer, channel_mix=cfg.channel_mix,
                                  dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0)) for _ in range(depth - 1)]
             self.stages.append(nn.Sequential(*blocks))
             self.feature_info.append({"num_chs": dim, "reduction": 2 ** (i + 1), "module": f"stages.{i}"})
@@ -216,7 +272,8 @@ class RWKVEncoder(nn.Module):
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """x: (N, in_chans, H, W) -> stage 1-4 features, (N, e_i, H / 2^(i+1), W / 2^(i+1))."""
-        if self.repeat_gray:
+        _check_channels(x, self.in_chans, type(self).__name__)
+        if self.in_chans == 1:
             x = x.expand(-1, 3, -1, -1)
         x = self.stem(x)
         feats = []
@@ -232,28 +289,70 @@ class RWKVEncoder(nn.Module):
         return self.head(self.head_norm(x).mean((2, 3)))
 
 
-class CCM(nn.Module):
-    """Cross-Channel Mix over the stage 1-3 skips (SPEC §3).
+class TimmEncoder(nn.Module):
+    """A timm ``features_only`` backbone behind the encoder interface of :class:`RWKVEncoder` (paper Table 6).
+
+    Its four deepest feature levels play stages 1-4; ``feature_info`` gives their widths and reductions. No
+    pretrained weights are loaded (nothing can be downloaded); a 1-channel input is repeated to RGB.
 
     Args:
-        dims: channels (e0, e1, e2) of the stage 1-3 features.
+        name: a timm model name.
+        in_chans: input channels.
+        img_size: the input size, for models that fix it at construction (MaxViT).
+    """
+
+    def __init__(self, name: str, in_chans: int = 3, img_size: int | None = None) -> None:
+        super().__init__()
+        import timm
+
+        if name not in timm.list_models():
+            raise ValueError(f"encoder {name!r} is not a timm model; e.g. resnet50, pvt_v2_b3, convnext_small, "
+                             f"maxvit_small_tf_224 (timm.list_models())")
+        kwargs = {"img_size": img_size} if img_size is not None else {}
+        try:
+            self.body = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+        except TypeError as err:
+            raise ValueError(f"encoder {name!r} does not take img_size={img_size}: {err}") from err
+        if len(self.body.feature_info) < 4:
+            raise ValueError(f"encoder {name!r} has {len(self.body.feature_info)} feature levels; needs at least 4")
+        self.in_chans = in_chans
+        self.feature_info = [{k: f[k] for k in ("num_chs", "reduction", "module")}
+                             for f in self.body.feature_info.get_dicts()[-4:]]
+        # timm does not expose size rules. MaxViT partitions every stage into windows of img_size / 32 pixels of
+        # its deepest map, so inputs must be multiples of img_size; the others need the deepest reduction.
+        self.size_divisor = (img_size or 224) if name.startswith("maxvit") else self.feature_info[-1]["reduction"]
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """x: (N, in_chans, H, W) -> the four deepest feature maps (N, C_i, H / r_i, W / r_i)."""
+        _check_channels(x, self.in_chans, f"encoder {type(self).__name__}")
+        if self.in_chans == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return list(self.body(x))[-4:]
+
+
+class CCM(nn.Module):
+    """Cross-Channel Mix over the kept skips (SPEC §3).
+
+    Args:
+        dims: channels of the skip features, shallowest first (stage 1, 2, 3 in the paper).
+        width: channels each skip is projected to before mixing (e0, the shallowest skip's).
         rate: hidden rate of the Channel Mix.
         drop_path: stochastic-depth rate of its residual.
     """
 
-    def __init__(self, dims: Sequence[int], rate: int = 2, drop_path: float = 0.05) -> None:
+    def __init__(self, dims: Sequence[int], width: int, rate: int = 2, drop_path: float = 0.05) -> None:
         super().__init__()
-        e0 = dims[0]
         self.dims = tuple(dims)
-        # Ordered as the concatenation: stage 3, stage 2, stage 1.
-        self.inp = nn.ModuleList(nn.Conv2d(d, e0, 1) for d in reversed(self.dims))
-        self.mix = ChannelMix(3 * e0, rate)
-        self.norm = nn.LayerNorm(3 * e0)
+        k = len(self.dims)
+        # Ordered as the concatenation: deepest first (stage 3, stage 2, stage 1).
+        self.inp = nn.ModuleList(nn.Conv2d(d, width, 1) for d in reversed(self.dims))
+        self.mix = ChannelMix(k * width, rate)
+        self.norm = nn.LayerNorm(k * width)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.out = nn.ModuleList(nn.Conv2d(e0, d, 1) for d in reversed(self.dims))
+        self.out = nn.ModuleList(nn.Conv2d(width, d, 1) for d in reversed(self.dims))
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """feats: stage 1-3 maps at H/2, H/4, H/8 -> mixed maps of the same shapes."""
+        """feats: skip maps, shallowest first (H/2, H/4, ...) -> mixed maps of the same shapes."""
         size = feats[0].shape[-2:]
         ordered = list(reversed(feats))
         x = torch.cat([conv(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
@@ -261,26 +360,26 @@ class CCM(nn.Module):
         n, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         tokens = tokens + self.drop_path(self.norm(self.mix(tokens, (h, w))))
-        parts = tokens.transpose(1, 2).reshape(n, c, h, w).chunk(3, dim=1)
+        parts = tokens.transpose(1, 2).reshape(n, c, h, w).chunk(len(self.dims), dim=1)
         mixed = [F.interpolate(conv(p), size=f.shape[-2:], mode="bilinear", align_corners=False)
                  for conv, p, f in zip(self.out, parts, ordered)]
         return list(reversed(mixed))
 
 
 class UpBlock(nn.Sequential):
-    """Decoder block (SPEC §4): 1x1 -> depthwise kxk -> 1x1, each with BN and activation, then x2."""
+    """Decoder block (SPEC §4): 1x1 -> depthwise kxk -> 1x1, each with BN and activation, then upsampling."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int = 9) -> None:
+    def __init__(self, in_chs: int, out_chs: int, kernel: int = 9, scale: int = 2) -> None:
         super().__init__(
             ConvBNAct(in_chs, in_chs, 1, act_layer=nn.ReLU),
             ConvBNAct(in_chs, in_chs, kernel, groups=in_chs, act_layer=nn.SiLU),
             ConvBNAct(in_chs, out_chs, 1, act_layer=nn.ReLU),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=False),
         )
 
 
 class RWKVUNet(nn.Module):
-    """RWKV-UNet for segmentation (SPEC §1-4).
+    """RWKV-UNet for segmentation (SPEC §1-4), with the switches of the paper's ablations (SPEC §10).
 
     Args:
         cfg: architecture.
@@ -288,7 +387,8 @@ class RWKVUNet(nn.Module):
         num_classes: output classes, background included.
 
     Shape:
-        x: (N, in_chans, H, W), H and W multiples of 16 -> (N, num_classes, H, W) logits.
+        x: (N, in_chans, H, W), H and W multiples of :attr:`size_divisor` (16 for the RWKV encoder)
+        -> (N, num_classes, H, W) logits.
 
     Example:
         >>> from rwkvlab import create_model
@@ -302,39 +402,69 @@ class RWKVUNet(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.cfg = cfg
-        self.encoder = RWKVEncoder(cfg, in_chans=in_chans, num_classes=0)
-        e0, e1, e2, e3 = cfg.dims
-        self.ccm = CCM((e0, e1, e2), rate=cfg.ccm_rate, drop_path=cfg.ccm_drop_path)
+        if cfg.encoder == "rwkv":
+            self.encoder: nn.Module = RWKVEncoder(cfg, in_chans=in_chans, num_classes=0)
+            self.size_divisor = 16
+        else:
+            self.encoder = TimmEncoder(cfg.encoder, in_chans=in_chans, img_size=cfg.img_size)
+            self.size_divisor = self.encoder.size_divisor
+        dims = [f["num_chs"] for f in self.encoder.feature_info]
+        reductions = [f["reduction"] for f in self.encoder.feature_info]
+        skip_dims = dims[: cfg.skips]
+        self.ccm = CCM(skip_dims, dims[0], cfg.ccm_rate, cfg.ccm_drop_path) if cfg.ccm and skip_dims else None
+        # Up-block i takes the deeper decoder output (plus skip i when kept) up to stage i's resolution.
         k = cfg.decoder_kernel
-        self.decoder = nn.ModuleList([UpBlock(e3, e2, k), UpBlock(2 * e2, e1, k), UpBlock(2 * e1, e0, k),
-                                      UpBlock(2 * e0, cfg.stem_dim, k)])
+        outs = [cfg.stem_dim, *dims[:3]]
+        ins = [dims[3]] + [outs[i + 1] + (dims[i] if i < cfg.skips else 0) for i in (2, 1, 0)]
+        scales = [reductions[3] // reductions[2], reductions[2] // reductions[1], reductions[1] // reductions[0], 2]
+        self.decoder = nn.ModuleList(UpBlock(i, o, k, s) for i, o, s in zip(ins, outs[::-1], scales))
+        # timm encoders start at 1/4: one more bilinear step back to the input size.
+        self.final_scale = reductions[0] // 2
         self.head = nn.Conv2d(cfg.stem_dim, num_classes, 1)
-        self.ccm.apply(_init_weights)
+        if self.ccm is not None:
+            self.ccm.apply(_init_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        if h % 16 or w % 16:
-            raise ValueError(f"RWKVUNet: input height and width must be multiples of 16, got {h}x{w}")
-        s1, s2, s3, s4 = self.encoder.forward_intermediates(x)
-        skips = self.ccm([s1, s2, s3])
-        d = self.decoder[0](s4)
-        for up, skip in zip(self.decoder[1:], reversed(skips)):
-            d = up(torch.cat([d, skip], dim=1))
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(f"{type(self).__name__} ({self.cfg.encoder} encoder): input height and width must be "
+                             f"multiples of {self.size_divisor}, got {h}x{w}")
+        feats = self.encoder.forward_intermediates(x)
+        skips = feats[: self.cfg.skips]
+        if self.ccm is not None:
+            skips = self.ccm(skips)
+        d = self.decoder[0](feats[3])
+        for i, up in zip((2, 1, 0), self.decoder[1:]):
+            d = up(torch.cat([d, skips[i]], dim=1) if i < len(skips) else d)
+        if self.final_scale > 1:
+            d = F.interpolate(d, scale_factor=self.final_scale, mode="bilinear", align_corners=False)
         return self.head(d)
 
 
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
+        # Mamba's step-size projection keeps its own initialisation (marked by rwkvlab.models.mixers).
+        if not getattr(m.weight, "_no_reinit", False):
+            trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None and not getattr(m.bias, "_no_reinit", False):
             nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
 
 
+def _cfg(size: str, overrides: dict) -> RWKVUNetCfg:
+    """The size's config with ``overrides`` (ablation switches); unknown names are an error naming them."""
+    known = {f.name for f in fields(RWKVUNetCfg)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model keyword argument(s) {unknown}; allowed: in_chans, num_classes, "
+                         f"{', '.join(sorted(known))}")
+    return replace(SIZES[size], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
 def _create(size: str, in_chans: int = 3, num_classes: int = 2, **overrides) -> RWKVUNet:
-    return RWKVUNet(replace(SIZES[size], **overrides), in_chans=in_chans, num_classes=num_classes)
+    return RWKVUNet(_cfg(size, overrides), in_chans=in_chans, num_classes=num_classes)
 
 
 @register_model
@@ -358,16 +488,16 @@ def rwkv_unet_b(in_chans: int = 3, num_classes: int = 2, **overrides) -> RWKVUNe
 @register_model
 def rwkv_enc_t(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-T encoder with ImageNet head (pretraining): 2.94M parameters without the head."""
-    return RWKVEncoder(replace(SIZES["t"], **overrides), in_chans=in_chans, num_classes=num_classes)
+    return RWKVEncoder(_cfg("t", overrides), in_chans=in_chans, num_classes=num_classes)
 
 
 @register_model
 def rwkv_enc_s(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-S encoder with ImageNet head (pretraining): 9.42M parameters without the head."""
-    return RWKVEncoder(replace(SIZES["s"], **overrides), in_chans=in_chans, num_classes=num_classes)
+    return RWKVEncoder(_cfg("s", overrides), in_chans=in_chans, num_classes=num_classes)
 
 
 @register_model
 def rwkv_enc_b(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-B encoder with ImageNet head (pretraining): 16.69M parameters without the head."""
-    return RWKVEncoder(replace(SIZES["b"], **overrides), in_chans=in_chans, num_classes=num_classes)
+    return RWKVEncoder(_cfg("b", overrides), in_chans=in_chans, num_classes=num_classes)

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from rwkvlab.ops._cpu import bi_wkv_chunked, bi_wkv_cpu
@@ -88,6 +89,8 @@ def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") ->
         (N, T, C) -> (N, T, C), dtype of ``k``.
     """
     _check(k, v, w, u)
+    if k.device.type == "meta":  # shape propagation (complexity counting): no backend runs
+        return torch.empty_like(k)
     if backend == "auto":
         backend = os.environ.get("RWKVLAB_WKV_BACKEND", "auto")
     if backend == "auto":

@@ -7,7 +7,7 @@ import torch
 from rwkvlab.config import Recipe
 from rwkvlab.data import Prepared
 from rwkvlab.engine import train as train_mod
-from rwkvlab.engine.evaluate import load_trained
+from rwkvlab.engine.inference import load_trained
 from rwkvlab.engine.train import fit
 
 RECIPE = Recipe(epochs=3, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)

@@ -1,0 +1,259 @@
+"""Parameters and multiply-accumulates (MACs) of every model and ablation variant, counted as the paper counts.
+
+The paper's "FLOPs" are MACs counted thop-style (SPEC §5, §11). :func:`count_macs` runs one forward pass with
+module hooks and a function mode and books every operation under a kind:
+
+* ``conv``, ``linear``: weights x output positions (biases not counted), as thop;
+* ``norm``: BatchNorm / GroupNorm of exact torch types, 4 ops per element (thop: 2, doubled for the affine);
+  subclasses (timm's ``LayerNorm2d``) count 0, as thop hooks exact types only;
+* ``layernorm``: ``nn.LayerNorm`` (the token norms), booked at 4 per element but not part of the paper's
+  figure: counted, RWKV-UNet-T at 256 comes out 1.1% over its published 3.70G; left out, every row the paper
+  prints a figure for that this architecture can reproduce is within 0.5% (measured over all the rows of
+  ``params.yaml``'s variants);
+* ``upsample``: ``nn.Upsample`` (bilinear) at 11 ops per output element, as thop; ``F.interpolate`` called
+  functionally is invisible to thop and counts 0;
+* ``attention``: softmax-attention products outside Linear layers (``torch.matmul``, ``@``, ``bmm``,
+  ``scaled_dot_product_attention``, or what a token mixer declares in ``extra_macs``), in MACs;
+* reported apart, since the paper counts none of them: ``wkv`` (the Bi-WKV recurrence), ``scan`` (Bi-Mamba's
+  selective scans), ``ssm_proj`` (the x/dt projections feeding them) and ``linear_attention`` (FLA's products).
+
+``macs_g`` is ``conv + linear + norm + upsample`` (not ``layernorm``) plus the softmax-attention products at 2 per MAC, which is how
+the paper's MHSA row adds up (SPEC §10: +7.44G); ``wkv_macs_g`` sums the kinds reported apart. The hand-written counter exists because
+no counter on PyPI counts custom ops, functional interpolation and exact-type norms the way the paper's thop did
+(SPEC §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from rwkvlab.models import create_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Complexity", "count_macs", "model_complexity", "variant_rows", "complexity_table", "main"]
+
+NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
+BILINEAR_OPS = 11  # thop's count per output element of a bilinear nn.Upsample
+# The kinds that make up the paper's FLOPs, and the kinds reported apart (SPEC §10-11, module docstring).
+COUNTED = ("conv", "linear", "norm", "upsample")
+APART = ("wkv", "scan", "ssm_proj", "linear_attention")
+_EXACT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+_MATMULS = {torch.matmul, torch.bmm, Tensor.matmul, Tensor.__matmul__, Tensor.bmm}
+
+
+@dataclass
+class Complexity:
+    """Parameters and MACs of one forward pass, by kind (see the module docstring)."""
+
+    params: int
+    macs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def macs_g(self) -> float:
+        """The paper's FLOPs in G: conv + linear + norm (BatchNorm) + upsample, plus softmax-attention products at 2
+        per MAC."""
+        return (sum(self.macs.get(k, 0.0) for k in COUNTED) + 2 * self.macs.get("attention", 0.0)) / 1e9
+
+    @property
+    def wkv_macs_g(self) -> float:
+        """What the paper does not count, in G: the Bi-WKV recurrence, selective scans and their projections,
+        and linear-attention products."""
+        return sum(self.macs.get(k, 0.0) for k in APART) / 1e9
+
+
+class _Counter(TorchFunctionMode):
+    """Books every operation of one forward pass by kind: module hooks for layers, this function mode for the
+    matrix products outside them (attention written with ``@`` or ``scaled_dot_product_attention``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs: dict[str, float] = defaultdict(float)
+        self.opaque = 0  # > 0 inside a module whose products are booked by a hook (Linear, declared mixers)
+        self.ssm = 0  # > 0 inside a selective-scan direction: its projections are booked apart
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.opaque:
+            return out
+        if func in _MATMULS and isinstance(out, Tensor):
+            self.macs["attention"] += out.numel() * args[0].shape[-1]
+        elif func is F.scaled_dot_product_attention:
+            q, k = args[0], args[1]
+            self.macs["attention"] += 2 * q.numel() * k.shape[-2]  # q k^T and attn v
+        return out
+
+    def enter(self, _module: nn.Module, _inputs: tuple) -> None:
+        self.opaque += 1
+
+    def leave(self, _module: nn.Module, _inputs: tuple, _output: Any) -> None:
+        self.opaque -= 1
+
+    def book(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        x = inputs[0] if inputs else None
+        if isinstance(module, nn.modules.conv._ConvNd):
+            kernel = math.prod(module.weight.shape[2:])
+            self.macs["conv"] += output.numel() * (module.in_channels // module.groups) * kernel
+        elif isinstance(module, nn.Linear):
+            self.macs["ssm_proj" if self.ssm else "linear"] += output.numel() * module.in_features
+        elif type(module) is nn.LayerNorm:
+            self.macs["layernorm"] += NORM_OPS * x.numel()
+        elif type(module) in _EXACT_NORMS:
+            self.macs["norm"] += NORM_OPS * x.numel()
+        elif isinstance(module, nn.Upsample) and module.mode == "bilinear":
+            self.macs["upsample"] += BILINEAR_OPS * output.numel()
+        extra = getattr(module, "extra_macs", None)
+        if callable(extra) and isinstance(x, Tensor):
+            for kind, value in extra(x.shape[0], inputs[1] if len(inputs) > 1 else None).items():
+                self.macs[kind] += value
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
+    """Parameters and MACs of ``model`` on one input of ``input_shape`` (N, C, H, W), counted in eval mode.
+
+    The forward pass runs on the ``meta`` device (shapes only), so counting a 512x512 model takes no memory.
+
+    Shape:
+        input_shape: (N, C, H, W); MACs scale with N (the paper counts N = 1).
+    """
+    from rwkvlab.models.mixers import SelectiveSSM
+    from rwkvlab.models.rwkv_unet import SpatialMix
+
+    counter = _Counter()
+    params = sum(p.numel() for p in model.parameters())
+    meta = copy.deepcopy(model).to("meta").eval()  # shapes only; the caller's weights stay
+    for module in meta.modules():
+        module.register_forward_hook(counter.book)
+        if isinstance(module, nn.Linear) or callable(getattr(module, "extra_macs", None)):
+            module.register_forward_pre_hook(counter.enter)
+            module.register_forward_hook(counter.leave)
+        if isinstance(module, SelectiveSSM):
+            # The paper's Bi-Mamba row matches only without x_proj and dt_proj (measured: -0.6% vs +8.0% with
+            # them): its counter did not see the projections that feed the scan.
+            module.register_forward_pre_hook(lambda *_: setattr(counter, "ssm", counter.ssm + 1))
+            module.register_forward_hook(lambda *_: setattr(counter, "ssm", counter.ssm - 1))
+        if isinstance(module, SpatialMix):
+            # Bi-WKV: two recurrences (one each way) and their combination, a few multiply-adds per element.
+            module.register_forward_hook(
+                lambda m, inp, out: counter.macs.__setitem__("wkv", counter.macs["wkv"] + 6 * inp[0].numel()))
+    with torch.no_grad(), counter:
+        meta(torch.zeros(*input_shape, device="meta"))
+    return Complexity(params=params, macs=dict(counter.macs))
+
+
+def model_complexity(name: str, size: int | tuple[int, int], num_classes: int, in_chans: int = 3,
+                     **kwargs: Any) -> Complexity:
+    """:func:`count_macs` of a registered model built with ``kwargs``, at one image of ``size``."""
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.device("meta"):  # shapes only: building a large variant costs no memory or init time
+        model = create_model(name, in_chans=in_chans, num_classes=num_classes, **kwargs)
+    return count_macs(model, (1, in_chans, h, w))
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One row of the complexity table: what to build and the paper's figure for it."""
+
+    variant: str
+    model: str
+    kwargs: dict[str, Any]
+    size: int
+    num_classes: int
+    paper_flops_g: float | None
+
+
+# The registered models at the settings the paper counts them: the binary table (256, 1 class), the
+# Synapse tables (224, 9 classes) and Table 1 (the encoders alone at 224).
+_MODEL_ROWS = [
+    ("rwkv_unet_t", "rwkv_unet_t", 256, 1, 3.70), ("rwkv_unet_s", "rwkv_unet_s", 256, 1, 7.64),
+    ("rwkv_unet_b", "rwkv_unet_b", 256, 1, 14.50), ("rwkv_unet_b@224x9", "rwkv_unet_b", 224, 9, 11.11),
+    ("rwkv_enc_t", "rwkv_enc_t", 224, 0, 1.83), ("rwkv_enc_s", "rwkv_enc_s", 224, 0, 4.73),
+    ("rwkv_enc_b", "rwkv_enc_b", 224, 0, 8.96),
+]
+
+
+def variant_rows(variants: dict[str, Any], names: Iterable[str] | None = None) -> list[_Row]:
+    """The rows to count: the registered models, then the ablation variants (``params.ablate.variants``).
+
+    Args:
+        variants: name -> :class:`rwkvlab.config.Variant`.
+        names: only these (model or variant names); ``None`` for all.
+    """
+    from rwkvlab.report.ablations import paper_row
+
+    rows = [_Row(v, m, {}, s, c, f) for v, m, s, c, f in _MODEL_ROWS]
+    for name, v in variants.items():
+        flops = paper_row(v.table, v.row).get("flops_g") if v.row else None
+        rows.append(_Row(name, v.model, dict(v.kwargs), v.size, v.num_classes, flops))
+    if names is not None:
+        wanted = list(names)
+        known = {r.variant for r in rows}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(sorted(known))}")
+        rows = [r for r in rows if r.variant in wanted]
+    return rows
+
+
+def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFrame:
+    """Parameters (M), MACs (G, the paper's convention), the WKV/scan MACs apart, the paper's figure and the
+    relative difference, one row per model or variant.
+
+    Columns: ``variant, params_m, macs_g, wkv_macs_g, paper_flops_g, rel_diff`` (``paper_flops_g`` and
+    ``rel_diff`` empty where the paper prints no figure).
+    """
+    from tqdm.auto import tqdm
+
+    out = []
+    for row in tqdm(rows, desc="complexity", unit="model", disable=not progress, leave=False):
+        c = model_complexity(row.model, row.size, row.num_classes, **row.kwargs)
+        rel = (c.macs_g / row.paper_flops_g - 1) if row.paper_flops_g else None
+        out.append({"variant": row.variant, "params_m": round(c.params / 1e6, 3), "macs_g": round(c.macs_g, 3),
+                    "wkv_macs_g": round(c.wkv_macs_g, 4), "paper_flops_g": row.paper_flops_g,
+                    "rel_diff": None if rel is None else round(rel, 4)})
+    return pd.DataFrame(out, columns=["variant", "params_m", "macs_g", "wkv_macs_g", "paper_flops_g", "rel_diff"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``."""
+    from rwkvlab import config
+
+    parser = argparse.ArgumentParser(prog="python -m rwkvlab.complexity", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="all", help="all, or comma-separated model/variant names")
+    parser.add_argument("--csv", help="write the table as CSV to PATH, or - for standard output")
+    parser.add_argument("--params", default="params.yaml", help="the params file holding ablate.variants")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        variants = config.load(args.params).ablate.variants
+        names = None if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
+        table = complexity_table(variant_rows(variants, names), progress=args.csv != "-")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.csv == "-":
+        table.to_csv(sys.stdout, index=False)
+    else:
+        print(table.to_string(index=False))
+        if args.csv:
+            from rwkvlab.io import atomic_write
+
+            atomic_write(args.csv, lambda f: table.to_csv(f, index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The ablation tables of the paper (Tables 2, 6-13) with our numbers beside the published ones, and Fig. 4.
+
+Each variant of ``params.ablate.variants`` names its table and its row there; this module finds the row in
+the paper's CSV (``rwkvlab/report/paper/``), lays out one table per paper table (our DSC, HD95, parameters and
+MACs beside the paper's) and draws the DSC-vs-MACs bubble chart. Complexity comes for every variant, trained or
+not; accuracy for the trained ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from rwkvlab.report.tables import paper_table, write_table  # noqa: E402
+
+__all__ = ["PaperTable", "PAPER_TABLES", "paper_row", "ablation_tables", "write_ablation_tables", "bubble_chart"]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """Where a paper table lives and which of its columns are keys, DSC, HD95 and FLOPs."""
+
+    csv: str | None
+    title: str
+    keys: int = 1
+    dsc: str = "dsc"
+    hd95: str | None = "hd95"
+    flops: str | None = "flops_g"
+
+
+PAPER_TABLES = {
+    "2": PaperTable("ablation_attention", "Table 2: token mixer of the GLSP blocks"),
+    "6": PaperTable("encoder_comparison", "Table 6: other encoders, same decoder and CCM"),
+    "7": PaperTable("ablation_pretraining", "Table 7: encoder pretraining", keys=2, flops=None),
+    "8": PaperTable("ablation_decoder_kernel", "Table 8: decoder depthwise kernel", dsc="synapse_dsc",
+                    hd95="synapse_hd95"),
+    "9": PaperTable("ablation_shallow_attention", "Table 9: spatial mix also in stages 1-2 (RWKV-UNet-S)"),
+    "10": PaperTable("ablation_channel_mix", "Table 10: Channel Mix after the spatial mix in GLSP"),
+    "11": PaperTable("ablation_skips_ccm", "Table 11: skip connections x CCM", keys=2),
+    "12": PaperTable(None, "Table 12: CCM hidden rate (no numbers printed)"),
+    "13": PaperTable("synapse_512", "Table 13: 512x512 input", hd95=None, flops="flops"),
+}
+
+
+def _number(value: Any) -> float | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().rstrip("G")
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def paper_row(table: str, row: str) -> dict[str, float | None]:
+    """The paper's DSC, HD95 and FLOPs of ``row`` in ``table`` (keys joined by commas, e.g. ``"1,with"``).
+
+    Raises:
+        ValueError: an unknown table or a row the table does not have (the message lists its rows).
+    """
+    if table not in PAPER_TABLES:
+        raise ValueError(f"unknown paper table {table!r}; known: {', '.join(PAPER_TABLES)}")
+    spec = PAPER_TABLES[table]
+    if spec.csv is None or not row:
+        return {"dsc": None, "hd95": None, "flops_g": None}
+    df = paper_table(spec.csv)
+    keys = df.iloc[:, : spec.keys].astype(str).agg(",".join, axis=1)
+    match = df[keys == row]
+    if match.empty:
+        raise ValueError(f"paper table {table} ({spec.csv}.csv) has no row {row!r}; rows: {', '.join(keys)}")
+    found = match.iloc[0]
+    return {"dsc": _number(found[spec.dsc]), "hd95": _number(found[spec.hd95]) if spec.hd95 else None,
+            "flops_g": _number(found[spec.flops]) if spec.flops else None}
+
+
+def ablation_tables(variants: Mapping[str, Any], complexity: pd.DataFrame,
+                    metrics: Mapping[str, Mapping[str, float]]) -> dict[str, pd.DataFrame]:
+    """One table per paper table: each of its variants with our DSC/HD95 (if trained), parameters and MACs,
+    beside the paper's DSC, HD95 and FLOPs.
+
+    Args:
+        variants: name -> :class:`rwkvlab.config.Variant`.
+        complexity: :func:`rwkvlab.complexity.complexity_table` over (at least) these variants.
+        metrics: trained variant -> the summary of its evaluation (``dsc``, ``hd95``).
+    """
+    counted = complexity.set_index("variant")
+    tables: dict[str, list[dict]] = {}
+    for name, v in variants.items():
+        paper = paper_row(v.table, v.row)
+        c = counted.loc[name] if name in counted.index else None
+        m = metrics.get(name, {})
+        tables.setdefault(v.table, []).append({
+            "variant": name, "paper_row": v.row or "-",
+            "dsc": round(m["dsc"], 2) if "dsc" in m else None, "hd95": round(m["hd95"], 2) if "hd95" in m else None,
+            "paper_dsc": paper["dsc"], "paper_hd95": paper["hd95"],
+            "params_m": None if c is None else c["params_m"], "macs_g": None if c is None else c["macs_g"],
+            "paper_flops_g": paper["flops_g"],
+            "rel_diff_%": None if c is None or paper["flops_g"] is None else round(100 * (c["macs_g"] / paper["flops_g"] - 1), 2),
+        })
+    return {t: pd.DataFrame(rows) for t, rows in sorted(tables.items(), key=lambda kv: int(kv[0]))}
+
+
+def write_ablation_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, notes: Mapping[str, str],
+                          setting: str) -> None:
+    """Write ``out_dir/table<N>.{md,csv}`` for each table, titled as the paper's, with ``notes`` per table."""
+    for table, df in tables.items():
+        note = (f"{setting}\n\nOurs: DSC in %, HD95 in pixels; params in M and MACs in G counted by "
+                f"`python -m rwkvlab.complexity` at the paper's input size and classes. Paper columns as published. "
+                + notes.get(table, ""))
+        write_table(df, Path(out_dir) / f"table{table}", PAPER_TABLES[table].title, notes=note)
+
+
+def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
+    """DSC against MACs, bubble area by parameters, like the paper's Fig. 4: ours (trained variants) and the
+    paper's rows side by side."""
+    rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, dsc, flops, label in ((ax_ours, "dsc", "macs_g", "ours (demo)"),
+                                  (ax_paper, "paper_dsc", "paper_flops_g", "paper (Synapse)")):
+        shown = rows.dropna(subset=[dsc, flops])
+        shown = shown[shown[dsc].map(lambda x: x is not None)]
+        for _, r in shown.iterrows():
+            size = 30 + 25 * float(r["params_m"] or 1)
+            ax.scatter(float(r[flops]), float(r[dsc]), s=size, alpha=0.5)
+            ax.annotate(r["variant"], (float(r[flops]), float(r[dsc])), fontsize=7, ha="center", va="bottom")
+        ax.set(xlabel="MACs (G)" if flops == "macs_g" else "FLOPs (G, as published)", ylabel="DSC (%)", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: DSC vs complexity (bubble area ~ parameters)", fontsize=10)
+    fig.tight_layout()
+    return fig
