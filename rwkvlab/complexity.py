@@ -32,6 +32,7 @@ import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
@@ -44,7 +45,7 @@ from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Complexity", "count_macs", "model_complexity", "variant_rows", "complexity_table", "main"]
+__all__ = ["Complexity", "count_macs", "model_complexity", "trained_complexity", "variant_rows", "complexity_table", "main"]
 
 NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
 BILINEAR_OPS = 11  # thop's count per output element of a bilinear nn.Upsample
@@ -152,6 +153,18 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
     with torch.no_grad(), counter:
         meta(torch.zeros(*input_shape, device="meta"))
     return Complexity(params=params, macs=dict(counter.macs))
+
+
+def trained_complexity(checkpoint: Path | str) -> Complexity:
+    """:func:`count_macs` of the model a training checkpoint holds (its name and kwargs), at its training size."""
+    from rwkvlab.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(checkpoint))
+    if state is None or "model_kwargs" not in state or "meta" not in state:
+        raise FileNotFoundError(f"{checkpoint}: no rwkvlab training checkpoint (model_name, model_kwargs, meta)")
+    kwargs = dict(state["model_kwargs"])
+    return model_complexity(state["model_name"], tuple(state["meta"]["image_size"]), kwargs.pop("num_classes"),
+                            kwargs.pop("in_chans"), **kwargs)
 
 
 def model_complexity(name: str, size: int | tuple[int, int], num_classes: int, in_chans: int = 3,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from rwkvlab.config import Params
 
-__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "cards_dir", "figures_dir"]
+__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "ablation_dir", "ablations_dir",
+           "cards_dir", "figures_dir"]
 
 
 def cache(p: Params, dataset: str) -> Path:
@@ -37,6 +38,16 @@ def train_dir(p: Params, dataset: str, model: str) -> Path:
 def eval_dir(p: Params, dataset: str, model: str) -> Path:
     """Test metrics and predictions of one run."""
     return p.base.reports_dir / "evaluate" / dataset / model
+
+
+def ablations_dir(p: Params) -> Path:
+    """The ablation tables and figures (``table<N>.{md,csv}``, the bubble chart, complexity)."""
+    return p.base.reports_dir / "ablations"
+
+
+def ablation_dir(p: Params, variant: str) -> Path:
+    """History and test metrics of one trained ablation variant (the stage ``ablate@<variant>``)."""
+    return p.base.reports_dir / "ablate" / variant
 
 
 def cards_dir(p: Params, dataset: str) -> Path:

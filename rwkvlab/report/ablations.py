@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from rwkvlab.report.tables import paper_table, write_table  # noqa: E402
 
-__all__ = ["PaperTable", "PAPER_TABLES", "paper_row", "ablation_tables", "write_ablation_tables", "bubble_chart"]
+__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_tables", "write_ablation_tables", "bubble_chart"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,31 @@ PAPER_TABLES = {
     "11": PaperTable("ablation_skips_ccm", "Table 11: skip connections x CCM", keys=2),
     "12": PaperTable(None, "Table 12: CCM hidden rate (no numbers printed)"),
     "13": PaperTable("synapse_512", "Table 13: 512x512 input", hd95=None, flops="flops"),
+}
+
+
+# Why some rows cannot match the paper's FLOPs; the numbers are in each table's rel_diff column.
+TABLE_NOTES = {
+    "complexity": (
+        "MACs as the paper counts them (SPEC §11, `rwkvlab/complexity.py`): conv and linear weights x output "
+        "positions, BatchNorm 4 per element, bilinear nn.Upsample 11 per output element, softmax-attention products "
+        "at 2 per MAC; LayerNorms, functional interpolation, the Bi-WKV recurrence, selective scans (and the x/dt "
+        "projections feeding them) and linear-attention products are not part of the figure: wkv_macs_g reports "
+        "them apart. rel_diff = ours / paper - 1. See the notes of tables 6 and 11 for the rows that do not match."),
+    "6": (
+        "Encoders from timm (features_only, no weights): their four deepest levels are stages 1-4 and the RWKV-UNet "
+        "decoder and CCM take their widths from feature_info. This build counts 0.26-0.89x the paper's figures "
+        "(rel_diff): the paper's decoder for these encoders is unpublished, and no counting convention that keeps "
+        "the other rows within 1% closes the gap (the encoders alone are 4-24 GMACs at 224, so the paper's "
+        "62.44G for ResNet-50 implies a decoder of about 58G). Its accuracy columns are the paper's only."),
+    "11": (
+        "Rows with CCM and fewer than three skips: the paper's figures (10.96G, 11.04G) are the skip-less "
+        "decoder plus the full three-stage CCM cost (1.63G), so the authors' CCM kept mixing all three encoder "
+        "stages; here CCM mixes the skips that remain, which costs less (rel_diff of skips1, skips2). Every "
+        "other row is within 1%."),
+    "12": "The paper prints no numbers for Table 12: rate 2 is best, 1 clearly worse, 3 and 4 give no gain.",
+    "7": ("Demo form of Table 7: pre_digits starts from the encoder pretrained by the pretrain stage on MNIST "
+          "digits (not ImageNet-1K); pre_none from scratch, same epochs."),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -47,19 +47,21 @@ def _paper_value(dataset: str, model: str, column: int) -> str:
 
 
 def results_table(metrics: Mapping[tuple[str, str], Mapping[str, float]],
-                  params_m: Mapping[str, float]) -> pd.DataFrame:
-    """One row per (dataset, model): our DSC/HD95 and parameter count next to the paper's.
+                  complexity: Mapping[tuple[str, str], Any]) -> pd.DataFrame:
+    """One row per (dataset, model): our DSC/HD95, parameters and MACs next to the paper's numbers.
 
     Args:
         metrics: (dataset, model) -> summary of :func:`rwkvlab.engine.evaluate.summarize`.
-        params_m: model -> parameters in millions (ours, counted).
+        complexity: (dataset, model) -> :class:`rwkvlab.complexity.Complexity` of the trained model at its
+            training size (:func:`rwkvlab.complexity.trained_complexity`).
     """
     rows = []
     for (dataset, model), m in metrics.items():
+        c = complexity[(dataset, model)]
         rows.append({
             "dataset": dataset, "model": model, "dsc": round(m["dsc"], 2), "hd95": round(m["hd95"], 2),
             "paper_dsc": _paper_value(dataset, model, 0), "paper_hd95": _paper_value(dataset, model, 1),
-            "params_m": round(params_m[model], 2),
+            "params_m": round(c.params / 1e6, 2), "macs_g": round(c.macs_g, 3),
             "note": PAPER_COLUMNS.get(dataset, (None, None, None, ""))[3],
         })
     return pd.DataFrame(rows)

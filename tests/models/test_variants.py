@@ -1,0 +1,97 @@
+"""Every ablation variant of the paper is a configuration of the one model (SPEC §10), and travels by name + kwargs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rwkvlab import config, create_model
+from rwkvlab.models.rwkv_unet import SIZES
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = config.load(ROOT / "params.yaml").ablate.variants
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_the_paper_rows_are_all_variants():
+    names = set(VARIANTS)
+    assert {"attn_spatial_mix", "attn_none", "attn_mhsa", "attn_fla", "attn_bimamba"} <= names
+    assert {v.table for v in VARIANTS.values()} == {"2", "6", "7", "8", "9", "10", "11", "12", "13"}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_builds_by_name(name):
+    v = VARIANTS[name]
+    with torch.device("meta"):
+        net = create_model(v.model, in_chans=1, num_classes=v.num_classes, **v.kwargs)
+    assert n_params(net) > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"mixer": "none"}, {"mixer": "mhsa"}, {"mixer": "focused_linear"},
+                                    {"mixer": "bi_mamba"}, {"channel_mix": True}, {"mix_stages": (0, 1, 2, 3)},
+                                    {"skips": 0}, {"skips": 1, "ccm": False}, {"skips": 2}, {"decoder_kernel": 3},
+                                    {"ccm_rate": 4}])
+def test_variants_run_non_square_and_every_parameter_learns(kwargs):
+    net = create_model("rwkv_unet_t", in_chans=3, num_classes=3, drop_path_rate=0.0, ccm_drop_path=0.0, **kwargs)
+    y = net.train()(torch.randn(2, 3, 32, 48))
+    assert y.shape == (2, 3, 32, 48)
+    y.square().mean().backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+
+
+def test_channel_mix_adds_exactly_its_layers():
+    # Per mixing block of width dm: key dm x 2dm, value 2dm x dm, receptance dm x dm, two mu (dm each),
+    # its LayerNorm over 2dm and the residual's LayerNorm over dm (weight + bias each).
+    base, with_cmix = create_model("rwkv_unet_t"), create_model("rwkv_unet_t", channel_mix=True)
+    cfg = SIZES["t"]
+    dms = [int(cfg.dims[i] * cfg.expansions[i]) for i in cfg.mix_stages for _ in range(cfg.depths[i] - 1)]
+    assert n_params(with_cmix) - n_params(base) == sum(5 * d * d + 2 * d + 4 * d + 2 * d for d in dms)
+
+
+def test_skips_are_dropped_deepest_first():
+    e0, e1, e2, _ = SIZES["t"].dims
+    net = create_model("rwkv_unet_t", skips=2)
+    # The stage-3 skip is gone: the first up-block after the bottleneck takes e2 channels, not 2 e2.
+    assert net.decoder[1][0][0].in_channels == e2
+    assert net.decoder[2][0][0].in_channels == 2 * e1 and net.decoder[3][0][0].in_channels == 2 * e0
+    assert net.ccm.dims == (e0, e1)
+    assert create_model("rwkv_unet_t", skips=0).ccm is None and create_model("rwkv_unet_t", ccm=False).ccm is None
+
+
+def test_timm_encoder_widths_come_from_feature_info():
+    net = create_model("rwkv_unet_t", num_classes=2, encoder="resnet18")
+    widths = [f["num_chs"] for f in net.encoder.feature_info]
+    assert widths == [64, 128, 256, 512]
+    assert net.decoder[0][0][0].in_channels == 512 and net.ccm.dims == (64, 128, 256)
+    assert net(torch.randn(1, 3, 64, 96)).shape == (1, 2, 64, 96)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"mixer": "lstm"}, "mixer must be one of"), ({"skips": 5}, "skips must be"),
+    ({"decoder_kernel": 4}, "decoder_kernel must be an odd"), ({"bogus": 1}, r"unknown model keyword argument\(s\) \['bogus'\]"),
+    ({"encoder": "not_a_timm_model"}, "is not a timm model"),
+])
+def test_bad_settings_name_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("rwkv_unet_t", **kwargs)
+
+
+def test_input_checks_name_what_is_allowed():
+    with pytest.raises(ValueError, match="in_chans=1"):
+        create_model("rwkv_unet_t", in_chans=1)(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        create_model("rwkv_unet_t")(torch.randn(1, 3, 40, 32))
+    with torch.device("meta"):
+        maxvit = create_model("rwkv_unet_b", num_classes=9, encoder="maxvit_small_tf_224", img_size=224)
+    with pytest.raises(ValueError, match="multiples of 224"):
+        maxvit(torch.zeros(1, 3, 256, 256, device="meta"))
+
+
+def test_any_input_size_including_512():
+    with torch.device("meta"):
+        net = create_model("rwkv_unet_b", num_classes=9)
+        assert net(torch.zeros(1, 3, 512, 512)).shape == (1, 9, 512, 512)

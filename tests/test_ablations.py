@@ -1,0 +1,73 @@
+"""Ablation runs resolve from params.yaml alone; the tables quote the paper's rows for each variant."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rwkvlab import config
+from rwkvlab.engine.runs import ablation_run, resolve_init, train_run
+from rwkvlab.report.ablations import ablation_tables, bubble_chart, paper_row, write_ablation_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+P = config.load(ROOT / "params.yaml")
+
+
+def test_ablation_run_applies_the_variant():
+    run = ablation_run(P, "pre_digits")
+    assert run.model == P.ablate.model and run.dataset == P.ablate.dataset
+    assert run.recipe.epochs == P.train.recipes[P.ablate.recipe].epochs
+    assert run.init == P.base.checkpoints_dir / "pretrain" / "rwkv_enc_t" / "encoder.pt"
+    assert run.checkpoints == P.base.checkpoints_dir / "ablate" / "pre_digits"
+    mhsa = ablation_run(P, "attn_mhsa")
+    assert mhsa.model_kwargs == {"mixer": "mhsa"} and mhsa.init is None
+    assert train_run(P, "demo", "rwkv_unet_t", variant="attn_mhsa").checkpoints.name == "rwkv_unet_t-attn_mhsa"
+
+
+def test_paper_base_when_no_demo_model():
+    p = config.load(ROOT / "params.yaml", **{"ablate.model": None})
+    assert ablation_run(p, "s_shallow_attn").model == "rwkv_unet_s"
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"ablate.variants.attn_mhsa.recipe": {"epochs_typo": 3}}, r"unknown recipe field\(s\) \['epochs_typo'\]"),
+    ({"ablate.variants.attn_mhsa.recipe": {"init": "imagenet"}}, "init must be 'pretrain/<encoder model>'"),
+])
+def test_bad_variant_settings(override, match):
+    with pytest.raises(ValueError, match=match):
+        ablation_run(config.load(ROOT / "params.yaml", **override), "attn_mhsa")
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown ablation variant 'attn_lstm'.*attn_mhsa"):
+        ablation_run(P, "attn_lstm")
+    assert resolve_init(P, None) is None
+
+
+def test_paper_rows():
+    assert paper_row("2", "Bi-Mamba") == {"dsc": 78.13, "hd95": 29.10, "flops_g": 14.53}
+    assert paper_row("11", "1,with") == {"dsc": 83.19, "hd95": 10.37, "flops_g": 10.96}
+    assert paper_row("7", "with,30") == {"dsc": 84.29, "hd95": 8.85, "flops_g": None}
+    assert paper_row("13", "RWKV-UNet (ours)")["flops_g"] == 58.05
+    with pytest.raises(ValueError, match="has no row 'Bi-Mambo'"):
+        paper_row("2", "Bi-Mambo")
+    for name, v in P.ablate.variants.items():  # every row named in params.yaml exists
+        paper_row(v.table, v.row)
+
+
+def test_tables_put_ours_beside_the_paper(tmp_path):
+    variants = {k: P.ablate.variants[k] for k in ("attn_spatial_mix", "attn_none", "attn_bimamba", "skips1", "ccm_rate3")}
+    complexity = pd.DataFrame({"variant": list(variants), "params_m": [17.1, 3.1, 26.9, 16.9, 17.2],
+                               "macs_g": [11.126, 4.5, 14.52, 9.59, 11.7]})
+    tables = ablation_tables(variants, complexity, {"attn_none": {"dsc": 70.0, "hd95": 12.345}})
+    assert list(tables) == ["2", "11", "12"]
+    t2 = tables["2"].set_index("variant")
+    assert t2.loc["attn_none", "dsc"] == 70.0 and t2.loc["attn_none", "hd95"] == 12.35
+    assert pd.isna(t2.loc["attn_bimamba", "dsc"]) and t2.loc["attn_bimamba", "paper_dsc"] == 78.13
+    assert t2.loc["attn_bimamba", "rel_diff_%"] == pytest.approx(100 * (14.52 / 14.53 - 1), abs=0.01)
+    assert tables["11"].iloc[0]["paper_flops_g"] == 10.96
+    write_ablation_tables(tables, tmp_path, {"11": "CCM note"}, "demo setting")
+    text = (tmp_path / "table11.md").read_text()
+    assert text.startswith("# Table 11") and "CCM note" in text and "demo setting" in text
+    assert (tmp_path / "table2.csv").read_text().startswith("variant,paper_row,dsc,hd95")
+    bubble_chart(tables, "test")
