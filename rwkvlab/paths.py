@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rwkvlab.config import Params
 
-__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "ablation_dir", "ablations_dir",
+__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "ablation_run_dir", "ablation_dir", "ablations_dir", "erf_dir",
            "cards_dir", "figures_dir"]
 
 
@@ -45,9 +45,19 @@ def ablations_dir(p: Params) -> Path:
     return p.base.reports_dir / "ablations"
 
 
+def ablation_run_dir(p: Params, variant: str) -> Path:
+    """Checkpoints of one trained ablation variant."""
+    return p.base.checkpoints_dir / "ablate" / variant
+
+
 def ablation_dir(p: Params, variant: str) -> Path:
     """History and test metrics of one trained ablation variant (the stage ``ablate@<variant>``)."""
     return p.base.reports_dir / "ablate" / variant
+
+
+def erf_dir(p: Params) -> Path:
+    """Effective receptive fields (paper Fig. 3)."""
+    return p.base.reports_dir / "erf"
 
 
 def cards_dir(p: Params, dataset: str) -> Path:

@@ -97,7 +97,7 @@ def ablation_run(p: Params, variant: str) -> Run:
     out = paths.ablation_dir(p, variant)
     return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset, model=p.ablate.base_model(variant),
                model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
-               checkpoints=p.base.checkpoints_dir / "ablate" / variant, history=out / "history.csv", evaluation=out)
+               checkpoints=paths.ablation_run_dir(p, variant), history=out / "history.csv", evaluation=out)
 
 
 def load_data(p: Params, run: Run) -> Prepared:
