@@ -1,22 +1,47 @@
-"""Inference, in one place for evaluation, prediction and the report: devices, trained models, label maps."""
+"""Inference, in one place for evaluation, prediction and the report: devices, trained models, label maps.
+
+Besides the cached arrays of evaluation, this reads a user's own files for ``python -m rwkvlab.predict``:
+photographs (PNG, JPEG, TIFF, BMP), NIfTI images and volumes, and the npz/HDF5 arrays of the readers, in the
+intensity convention the checkpoint was trained with, and predicts them at any size.
+"""
 
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
+from rwkvlab.data._base import DataError, read_image
 from rwkvlab.data.cache import resize_image, resize_label
 from rwkvlab.data.loader import to_tensor
+from rwkvlab.data.readers._multiclass import read_arrays, unit_image
 from rwkvlab.engine.checkpoint import load_checkpoint
 from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "model_from_checkpoint", "load_trained", "predict", "predict_volume"]
+__all__ = ["resolve_device", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
+           "PHOTO_SUFFIXES", "NIFTI_SUFFIXES", "ARRAY_SUFFIXES", "NIFTI_SLICE_AXIS", "input_kind",
+           "Mode", "load_for_prediction", "read_input", "predict_image", "predict_slices"]
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ARRAY_SUFFIXES = (".npz", ".h5", ".hdf5")
+# A NIfTI volume is predicted slice by slice along its third voxel axis (axial in the usual CT/MR
+# acquisition); each slice is the (first axis, second axis) array, as nibabel returns it.
+NIFTI_SLICE_AXIS = 2
+# Trained channel count per intensity convention of ``fit``'s meta: photographs are cached as RGB.
+_CHANNELS = {"uint8": 3, "unit_float": 1}
+_META_KEYS = ("dataset", "class_names", "image_size", "in_chans", "intensity")
+Mode = Literal["resize", "window"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -71,3 +96,193 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, 
     slices = np.stack([resize_image(s, size) for s in volume])[..., None]
     pred = predict(model, slices, batch_size, device)
     return np.stack([resize_label(p, (h, w)) for p in pred]) if d else np.zeros((0, h, w), np.uint8)
+
+
+def input_kind(path: Path) -> Literal["photo", "nifti", "array"] | None:
+    """What a file holds, by its suffix (case-insensitive); ``None`` for a suffix predict does not read."""
+    name = Path(path).name.lower()
+    for kind, suffixes in (("photo", PHOTO_SUFFIXES), ("nifti", NIFTI_SUFFIXES), ("array", ARRAY_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
+def load_for_prediction(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a checkpoint of :func:`rwkvlab.engine.train.fit`, from that file alone, with its checked ``meta``.
+
+    The file is unpickled with ``weights_only=True``: a checkpoint from elsewhere can hold tensors and plain
+    values, never code.
+
+    Returns:
+        (model in eval mode on ``device``, meta: dataset, class_names, image_size [H, W], in_chans, intensity).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming ``path``, when it is not an rwkvlab training checkpoint, its weights do not fit its
+            model, or it was trained for a channel count or size that predict cannot serve.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
+    missing = [k for k in ("model", "model_name", "model_kwargs", "meta") if not isinstance(state, dict) or
+               state.get(k) is None]
+    if missing:
+        raise ValueError(f"{path}: not an rwkvlab training checkpoint (no {', '.join(missing)}); expected a best.pt "
+                         f"or last.pt written by the train stage")
+    meta = state["meta"]
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: not an rwkvlab training checkpoint (meta lacks {', '.join(missing)})")
+    expected = _CHANNELS.get(meta["intensity"])
+    if expected is None:
+        raise ValueError(f"{path}: meta intensity {meta['intensity']!r} is unknown; "
+                         f"expected one of {sorted(_CHANNELS)}")
+    chans = state["model_kwargs"].get("in_chans")
+    if meta["in_chans"] != expected or chans != expected:
+        raise ValueError(f"{path}: trained for {chans} input channel(s) with intensity {meta['intensity']!r}; "
+                         f"predict reads images as RGB (3 channels, 'uint8') or grey (1 channel, 'unit_float')")
+    try:
+        model = model_from_checkpoint(state, path)
+    except (RuntimeError, TypeError, KeyError) as e:  # unknown name or kwargs; strict loading: keys or shapes differ
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path}: cannot rebuild {state['model_name']} {state['model_kwargs']} from it "
+                         f"({first})") from e
+    h, w = meta["image_size"]
+    divisor = getattr(model, "size_divisor", 1)
+    if h % divisor or w % divisor:
+        raise ValueError(f"{path}: training size {h}x{w} is not a multiple of the model's size_divisor {divisor}")
+    logger.info("%s: %s for %s (%s), trained at %dx%d, %d classes", path, state["model_name"], meta["dataset"],
+                meta["intensity"], h, w, len(meta["class_names"]))
+    return model.to(device).eval(), meta
+
+
+def _read_grey(path: Path) -> np.ndarray:
+    """A photograph as grey float32 (H, W) in [0, 1]: 16-bit by 1/65535, float as is, colour by PIL's luma."""
+    try:
+        with Image.open(path) as im:
+            raw = np.asarray(im) if im.mode in ("I", "F") or im.mode.startswith("I;16") else None
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{path}: unreadable or truncated image ({e})") from e
+    if raw is None:  # read_image validates the mode; luma of a repeated grey image is that grey exactly
+        rgb = read_image(path)
+        if (rgb != rgb[..., :1]).any():
+            logger.warning("%s: colour image converted to grey (the checkpoint was trained on grey images)", path)
+        return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
+    if np.issubdtype(raw.dtype, np.floating):
+        return unit_image(raw, path, ndim=2)
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo < 0 or hi > np.iinfo(np.uint16).max:
+        raise DataError(f"{path}: integer image values span [{lo}, {hi}], expected 16-bit values 0..65535")
+    return raw.astype(np.float32) / np.iinfo(np.uint16).max
+
+
+def _unit(array: np.ndarray, path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    """Grey intensities of a NIfTI or array file as float32 in [0, 1], after the optional window [lo, hi]."""
+    if window is not None:
+        lo, hi = window
+        if not hi > lo:
+            raise ValueError(f"window must be LO < HI, got {lo} {hi}")
+        array = (np.clip(array.astype(np.float32), lo, hi) - lo) / (hi - lo)
+    try:
+        return unit_image(array, path, ndim=array.ndim)
+    except DataError as e:
+        raise DataError(f"{e}; pass --window LO HI to scale raw intensities, e.g. --window -125 275 for CT in "
+                        f"Hounsfield units (the Synapse preprocessing)") from e
+
+
+def read_input(path: Path, meta: dict[str, Any], window: tuple[float, float] | None = None
+               ) -> tuple[np.ndarray, nib.spatialimages.SpatialImage | None]:
+    """Read one input file in the checkpoint's intensity convention.
+
+    Photographs become RGB uint8 for ``"uint8"`` checkpoints (grey repeated, 16-bit by 1/257, as the
+    readers do) and grey float in [0, 1] for ``"unit_float"`` ones. NIfTI and npz/HDF5 arrays (key ``image``)
+    are grey and need a ``"unit_float"`` checkpoint; their values must lie in [0, 1] unless ``window`` maps
+    [lo, hi] onto it. A 3D NIfTI is returned with :data:`NIFTI_SLICE_AXIS` first.
+
+    Args:
+        path: the file.
+        meta: the checkpoint's meta (:func:`load_for_prediction`).
+        window: intensity window of NIfTI and array files, ``None`` to take their values as they are.
+
+    Returns:
+        (image, the NIfTI image for its affine and header or ``None``).
+
+    Shape:
+        photo -> (H, W, 3) uint8 or (H, W) float32; NIfTI and arrays -> (H, W) or (D, H, W) float32.
+
+    Raises:
+        DataError: naming ``path``: unreadable, unexpected dimensionality or intensities, or one grey channel
+            for a checkpoint trained on colour photographs.
+    """
+    path = Path(path)
+    kind = input_kind(path)
+    if kind is None:
+        suffixes = ", ".join(PHOTO_SUFFIXES + NIFTI_SUFFIXES + ARRAY_SUFFIXES)
+        raise DataError(f"{path}: unsupported file type; expected {suffixes}")
+    if kind == "photo":
+        return (read_image(path) if meta["intensity"] == "uint8" else _read_grey(path)), None
+    if meta["intensity"] == "uint8":
+        raise DataError(f"{path}: holds one grey channel, but the checkpoint ({meta['dataset']}) was trained on "
+                        f"{meta['in_chans']}-channel colour photographs")
+    nifti = None
+    if kind == "nifti":
+        try:
+            nifti = nib.load(path)
+            array = np.asarray(nifti.dataobj)
+        except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+            raise DataError(f"{path}: unreadable or truncated NIfTI ({type(e).__name__}: {e})") from e
+    else:
+        array = read_arrays(path, ("image",))["image"]
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: image has {array.ndim} dimensions {array.shape}; expected a 2D image (H, W) "
+                        f"or a 3D volume")
+    image = _unit(array.astype(np.float32, copy=False), path, window)
+    if nifti is not None and image.ndim == 3:
+        image = np.moveaxis(image, NIFTI_SLICE_AXIS, 0)
+    return image, nifti
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, int], device: torch.device,
+                  mode: Mode = "resize", batch_size: int = 4, overlap: float = 0.25) -> np.ndarray:
+    """Label map of one 2D image of any size.
+
+    ``resize``: the image resized to the training ``size`` (box filter for uint8 colour, order-3 spline for grey,
+    as the cache was made), argmax, and the labels resized back with nearest neighbour (SPEC §7). ``window``:
+    windows of the training size with ``overlap`` (MONAI's sliding window; smaller images are zero-padded), the
+    softmax averaged where windows overlap, then argmax: the image is never rescaled.
+
+    Shape:
+        image (H, W, 3) uint8 or (H, W) float in [0, 1] -> (H, W) uint8 labels.
+    """
+    h, w = image.shape[:2]
+    if mode == "resize":
+        small = np.require(resize_image(image, size), requirements="W")  # PIL's arrays are read-only: torch warns
+        return resize_label(predict(model, (small if small.ndim == 3 else small[..., None])[None], 1, device)[0],
+                            (h, w))
+    if mode != "window":
+        raise ValueError(f"mode must be 'resize' or 'window', got {mode!r}")
+    model.eval()
+    image = np.require(image, requirements="W")
+    x = to_tensor((image if image.ndim == 3 else image[..., None])[None]).to(device)
+    prob = sliding_window_inference(x, tuple(size), batch_size, lambda t: model(t).softmax(1), overlap=overlap,
+                                    mode="constant")
+    return prob.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_slices(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, int], device: torch.device,
+                   mode: Mode = "resize", batch_size: int = 4, overlap: float = 0.25) -> np.ndarray:
+    """Label volume, slice by slice: :func:`predict_volume` (SPEC §7) in ``resize`` mode, else windows per slice.
+
+    Shape:
+        volume (D, H, W) float in [0, 1] -> (D, H, W) uint8 labels.
+    """
+    if mode == "resize":
+        return predict_volume(model, volume, size, batch_size, device)
+    return np.stack([predict_image(model, s, size, device, mode, batch_size, overlap)
+                     for s in tqdm(volume, desc="slices", unit="slice", leave=False)])
