@@ -195,6 +195,9 @@ _MODEL_ROWS = [
     ("rwkv_unet_b", "rwkv_unet_b", 256, 1, 14.50), ("rwkv_unet_b@224x9", "rwkv_unet_b", 224, 9, 11.11),
     ("rwkv_enc_t", "rwkv_enc_t", 224, 0, 1.83), ("rwkv_enc_s", "rwkv_enc_s", 224, 0, 4.73),
     ("rwkv_enc_b", "rwkv_enc_b", 224, 0, 8.96),
+    ("unet", "unet", 256, 1, 12.16), ("att_unet", "att_unet", 256, 1, 16.78), ("unet_pp", "unet_pp", 256, 1, 34.71),
+    ("r50_unet", "r50_unet", 256, 1, 9.72), ("transunet", "transunet", 256, 1, 33.42),
+    ("swin_unet", "swin_unet", 256, 1, None),
 ]
 
 

@@ -7,6 +7,7 @@ be run from a copy of the params elsewhere (the pipeline smoke test does this).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["Base", "Prepare", "Recipe", "Train", "Evaluate", "Report", "Params", "load"]
+__all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain",
+           "Recipe", "Train", "Variant", "Ablate", "Erf", "Evaluate", "Report", "Params", "load"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class Prepare:
 
     datasets: dict[str, Path] = field(default_factory=lambda: {"demo": Path("data/demo")})
     image_size: dict[str, tuple[int, int]] = field(default_factory=lambda: {"demo": (96, 128)})
-    options: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # per dataset: reader options, plus ``reader`` (the reader of a dataset of your own, e.g. ``folder``)
+    # and ``skip_invalid`` (leave out the cases with a problem); checked by rwkvlab.data.get_reader
+    options: dict[str, dict[str, object]] = field(default_factory=dict)
     split_seeds: tuple[int, ...] = (0, 1, 2)
     card_montage: int = 8
 
@@ -42,6 +46,52 @@ class Prepare:
         if dataset not in self.image_size:
             raise ValueError(f"params.yaml: prepare.image_size has no entry for dataset {dataset!r}")
         return self.image_size[dataset]
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """An encoder pretraining recipe (SPEC §6 last paragraph, §13); names follow timm's ``train.py``."""
+
+    data: Path                   # an ImageFolder tree: data/train/<class>/*, data/val/<class>/*
+    epochs: int
+    batch_size: int              # global batch, split evenly over the ranks
+    lr: float
+    min_lr: float
+    warmup_epochs: int
+    warmup_lr: float
+    weight_decay: float          # not applied to norms, biases and other 1-D parameters
+    label_smoothing: float
+    img_size: int                # training crop and evaluation size, a multiple of 16
+    crop_pct: float = 0.875      # evaluation: resize to img_size / crop_pct, then centre crop
+    scale: tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-mstd0.5"   # timm RandAugment string; None for none
+    color_jitter: float = 0.4
+    interpolation: str = "bicubic"
+    drop_path: float = 0.05
+    ema_decay: float = 0.9998
+    ema_warmup: bool = False     # timm's EMA warm-up (decay rises with the step), for short runs
+    clip_grad: float = 5.0       # max gradient norm; 0 for none
+    amp: bool = True             # autocast (bf16, else fp16 + loss scaling) on CUDA only
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """Supervised pretraining of an encoder with its classification head (``rwkvlab.engine.pretrain``)."""
+
+    model: str = "rwkv_enc_t"
+    recipe: str = "demo"         # the entry of ``recipes`` that the stage runs
+    nproc: int = 1               # > 1: the notebook launches torchrun --nproc_per_node=nproc
+    num_workers: int = 0
+    digits_train_per_class: int = 400   # the demo ImageFolder (rwkvlab.data.digits)
+    digits_val_per_class: int = 100
+    recipes: dict[str, PretrainRecipe] = field(default_factory=dict)
+
+    def run_recipe(self) -> PretrainRecipe:
+        if self.recipe not in self.recipes:
+            raise ValueError(f"params.yaml: pretrain.recipes has no recipe {self.recipe!r}; "
+                             f"recipes: {sorted(self.recipes)}")
+        return self.recipes[self.recipe]
 
 
 @dataclass(frozen=True)
@@ -61,6 +111,17 @@ class Recipe:
     # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
     # that lag far behind the weights.
     precise_bn: bool = False
+    # Encoder weights to start from: "pretrain/<encoder model>" loads the pretrain stage's encoder.pt
+    # (the head dropped by an explicit key filter, then a strict load); None trains from scratch.
+    init: str | None = None
+    # Speed and safety (issue 10); the defaults are the plain fp32 eager loop.
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: autocast (the WKV still accumulates in fp32)
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions on GPUs and recent CPUs)
+    compile: bool = False        # torch.compile the model (graph breaks at the Bi-WKV op until it is a custom op)
+    fused_adamw: bool = False    # torch's fused AdamW kernel where the device has one (same update up to rounding)
+    clip_grad: float = 0.0       # max global gradient norm; 0 for none
+    val_every: int = 0           # > 0: also validate (and keep best.pt) every this many optimizer steps
+    sync_bn: bool = False        # under DDP: SyncBatchNorm (GPUs), else per-rank statistics averaged each epoch
 
 
 @dataclass(frozen=True)
@@ -71,6 +132,7 @@ class Train:
     split_seed: int = 0
     models: tuple[str, ...] = ("rwkv_unet_t",)
     num_workers: int = 0
+    nproc: int = 1               # > 1: the train stage runs torchrun --nproc_per_node=nproc (DDP)
     recipes: dict[str, Recipe] = field(default_factory=dict)
 
     def recipe(self, dataset: str) -> Recipe:
@@ -81,10 +143,78 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One ablation row of the paper (SPEC §10): a base model plus keyword arguments.
+
+    Args:
+        table: the paper table the row belongs to (``"2"``, ``"6"``, ``"8"``-``"13"``).
+        row: the row's label in that table's CSV (``rwkvlab/report/paper/``), matched on its first column(s).
+        model: the paper's base model of the row.
+        kwargs: model keyword arguments (``RWKVUNetCfg`` switches).
+        size: input size (H = W) at which the paper counts the row's FLOPs.
+        num_classes: classes at which the paper counts them (Synapse: 9).
+        recipe: recipe fields that override the ablation recipe when this variant is trained (e.g. ``init``).
+    """
+
+    table: str
+    row: str = ""
+    model: str = "rwkv_unet_b"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    size: int = 224
+    num_classes: int = 9
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """The ablation study: which variants are trained, on what, and the variants themselves."""
+
+    dataset: str = "demo"
+    recipe: str = "ablate_demo"
+    # The base the trained variants apply their settings to; None trains each on its paper base model.
+    model: str | None = "rwkv_unet_t"
+    trained: tuple[str, ...] = ()
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ValueError(f"params.yaml: unknown ablation variant {name!r}; ablate.variants: "
+                             f"{', '.join(sorted(self.variants))}")
+        return self.variants[name]
+
+    def base_model(self, name: str) -> str:
+        """The model a trained variant applies its settings to."""
+        return self.model or self.variant(name).model
+
+
+@dataclass(frozen=True)
 class Evaluate:
     """Test-set evaluation."""
 
     batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Erf:
+    """Effective receptive fields (SPEC §12, paper Fig. 3): ablation variants at init and trained.
+
+    Args:
+        variants: ``ablate.variants`` names, each applied to the ablation's base model.
+        images: folder of PNG/JPEG probe images.
+        size: (H, W) probe size.
+        n: probe images averaged (about 50 in the literature).
+        stage: encoder stage index of the probed map (-1: the last, as Fig. 3).
+        seed: initialisation seed of the models at init.
+        checkpoint: which checkpoint of the ablation runs is probed after training.
+    """
+
+    variants: tuple[str, ...] = ("attn_none", "attn_mhsa", "attn_bimamba", "attn_spatial_mix")
+    images: Path = Path("data/demo/images")
+    size: tuple[int, int] = (112, 112)
+    n: int = 16
+    stage: int = -1
+    seed: int = 0
+    checkpoint: Literal["best", "last"] = "last"
 
 
 @dataclass(frozen=True)
@@ -98,13 +228,24 @@ class Report:
 class Params:
     base: Base = field(default_factory=Base)
     prepare: Prepare = field(default_factory=Prepare)
+    pretrain: Pretrain = field(default_factory=Pretrain)
     train: Train = field(default_factory=Train)
     evaluate: Evaluate = field(default_factory=Evaluate)
+    ablate: Ablate = field(default_factory=Ablate)
+    erf: Erf = field(default_factory=Erf)
     report: Report = field(default_factory=Report)
 
 
 def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:
     origin = typing.get_origin(tp)
+    if tp is Any:  # free-form (model keyword arguments): checked where used
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where, root)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"params: {where} must be a mapping, got {value!r}")

@@ -1,6 +1,7 @@
 """Model zoo: every architecture registers itself here; build with :func:`create_model`."""
 
 from rwkvlab.models import rwkv_unet  # noqa: F401  (registers the RWKV-UNet sizes)
+from rwkvlab.models import baselines  # noqa: F401  (registers the comparison baselines)
 from rwkvlab.models._registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

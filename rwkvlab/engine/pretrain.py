@@ -1,0 +1,374 @@
+"""Supervised pretraining of an encoder with its classification head on an ImageFolder tree (SPEC §13).
+
+The paper's ImageNet recipe (SPEC §6, last paragraph) assembled from timm's parts: transforms with
+RandAugment, label-smoothing cross-entropy, AdamW without decay on norms and biases, cosine with
+warm-up per epoch, EMA of the weights, gradient clipping, AMP on CUDA, drop path. Run under
+``torchrun`` it trains with DDP (one process per device, a distributed sampler, metrics summed over
+ranks, rank 0 the only writer); in a plain process the same function trains alone.
+
+Epoch ``e`` on rank ``r`` of ``W`` seeds the global RNGs with ``seed + e * W + r`` and the sampler
+shuffles with ``seed + e`` (the same global order for any ``W``), so a run killed and resumed ends
+with the weights of one that was not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from timm.data import create_transform
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm.auto import tqdm
+
+from rwkvlab.config import Params, PretrainRecipe
+from rwkvlab.data._base import DataError
+from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.engine.distributed import rank_world, sum_over_ranks
+from rwkvlab.io import atomic_write
+from rwkvlab.models import create_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["check_image_folder", "create_transforms", "build_model", "build_optimizer", "pretrain", "launch",
+           "run_dirs", "with_overrides", "load_pretrained_encoder", "HEAD_PREFIXES"]
+
+HISTORY = ["epoch", "lr", "train_loss", "val_top1", "val_top5", "val_ema_top1", "val_ema_top5", "seconds"]
+# Keys of the classification head (SPEC §1: LN2d -> pool -> Linear), which a segmentation model has not.
+HEAD_PREFIXES = ("head.", "head_norm.")
+# The encoder sees images in [0, 1] as in segmentation (SPEC §1: no ImageNet normalisation), so the
+# transferred weights meet the input scale they were trained on.
+_MEAN, _STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def check_image_folder(root: Path) -> dict[str, dict[str, int]]:
+    """Check an ImageFolder tree ``root/{train,val}/<class>/<image>`` before anything runs.
+
+    Returns:
+        images per class for each split, ``{"train": {class: n}, "val": {class: n}}``.
+
+    Raises:
+        DataError: naming the folder: no ``train/`` or ``val/``, a split without class folders, class
+            folders without images, or val classes that differ from the train classes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: pretraining data folder not found "
+                        "(expected ROOT/train/<class>/<image>, ROOT/val/<class>/<image>)")
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"{folder}: missing; an ImageFolder tree has {split}/<class>/<image> under {root}")
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if not classes:
+            raise DataError(f"{folder}: no class folders (expected {split}/<class>/<image>)")
+        counts[split] = {c: sum(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).iterdir()) for c in classes}
+        empty = [c for c, n in counts[split].items() if n == 0]
+        if empty:
+            raise DataError(f"{folder}: class folder(s) without images ({', '.join(IMG_EXTENSIONS)}): "
+                            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}",
+                            [f"{folder / c}: no images" for c in empty])
+    train, val = set(counts["train"]), set(counts["val"])
+    extra, lacking = sorted(val - train), sorted(train - val)
+    if extra or lacking:
+        raise DataError(f"{root / 'val'}: classes differ from {root / 'train'}: only in val {extra[:10]}, "
+                        f"only in train {lacking[:10]}")
+    return counts
+
+
+def create_transforms(recipe: PretrainRecipe) -> tuple[Any, Any]:
+    """timm's training (random resized crop, flip, RandAugment, colour jitter) and evaluation transforms.
+
+    Shape:
+        PIL image of any size -> (3, img_size, img_size) float tensor in [0, 1] (before RandAugment's ops).
+    """
+    train = create_transform(recipe.img_size, is_training=True, scale=recipe.scale, hflip=recipe.hflip,
+                             color_jitter=recipe.color_jitter, auto_augment=recipe.auto_augment,
+                             interpolation=recipe.interpolation, mean=_MEAN, std=_STD)
+    val = create_transform(recipe.img_size, is_training=False, crop_pct=recipe.crop_pct,
+                           interpolation=recipe.interpolation, mean=_MEAN, std=_STD)
+    return train, val
+
+
+def build_model(model_name: str, num_classes: int, recipe: PretrainRecipe) -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder with a ``num_classes`` head, and the keyword arguments that rebuild it."""
+    kwargs = {"in_chans": 3, "num_classes": num_classes, "drop_path_rate": recipe.drop_path}
+    return create_model(model_name, **kwargs), kwargs
+
+
+def build_optimizer(model: nn.Module, recipe: PretrainRecipe) -> torch.optim.Optimizer:
+    """AdamW; timm's default filter puts norms, biases and other 1-D parameters in a group without decay."""
+    return create_optimizer_v2(model, opt="adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def run_dirs(p: Params, model: str) -> tuple[Path, Path]:
+    """Checkpoints (``last.pt``, ``encoder.pt``) and reports (``history.csv``, ``metrics.json``) of ``model``."""
+    return p.base.checkpoints_dir / "pretrain" / model, p.base.reports_dir / "pretrain" / model
+
+
+def _fingerprint(train: ImageFolder, val: ImageFolder) -> str:
+    """Hash of the class list and file names, so a checkpoint is only resumed on the same tree."""
+    h = hashlib.sha1(repr(train.classes).encode())
+    for ds in (train, val):
+        root = Path(ds.root)
+        for path, label in ds.samples:
+            h.update(f"{Path(path).relative_to(root)}:{label}\n".encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None
+              ) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) over this rank's share of ``val``, summed over ranks."""
+    model.eval()
+    correct1 = correct5 = n = 0.0
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        top1, top5 = accuracy(logits.float(), targets, topk=(1, 5))
+        correct1 += top1.item() * len(targets) / 100
+        correct5 += top5.item() * len(targets) / 100
+        n += len(targets)
+    correct1, correct5, n = sum_over_ranks([correct1, correct5, n], device)
+    return 100 * correct1 / n, 100 * correct5 / n
+
+
+def _amp_dtype(recipe: PretrainRecipe, device: torch.device) -> torch.dtype | None:
+    if not recipe.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: int, device: torch.device,
+             reports_dir: Path | None = None, num_workers: int = 0, resume: bool = True,
+             stop_after: int | None = None) -> pd.DataFrame:
+    """Train ``model_name`` (an encoder with a head) to classify ``recipe.data``; resume from ``out_dir/last.pt``.
+
+    Under ``torchrun`` (an initialised process group) every rank calls this with its own device; the
+    global batch ``recipe.batch_size`` is split evenly over the ranks.
+
+    Args:
+        model_name: a registered encoder with a classification head, e.g. ``rwkv_enc_t``.
+        recipe: data, optimiser, schedule, augmentation and regularisation settings.
+        out_dir: ``last.pt`` (every epoch: model, EMA, optimiser, scheduler, scaler, history) and
+            ``encoder.pt`` (the better of model and EMA by val top-1 so far, the weights to transfer).
+        seed: base seed (see the module docstring).
+        device: this rank's device.
+        reports_dir: ``history.csv`` (every epoch) and ``metrics.json`` (at the end), if given.
+        num_workers: DataLoader workers per rank.
+        resume: continue after the last completed epoch of ``out_dir/last.pt`` when it was written under the
+            same model, recipe, seed and data; ``False`` starts afresh.
+        stop_after: end after this many epochs of this call (to test resuming); ``None`` runs to the end.
+
+    Returns:
+        one row per epoch: epoch, lr, train_loss, val top-1/top-5 of the model and of its EMA (%), seconds.
+
+    Raises:
+        DataError: the tree is not an ImageFolder with the same classes in train and val.
+        ValueError: the batch does not split evenly over the ranks, or img_size is not a multiple of 16.
+    """
+    rank, world = rank_world()
+    out_dir = Path(out_dir)
+    if recipe.batch_size % world:
+        raise ValueError(f"batch_size {recipe.batch_size} must be divisible by the number of processes ({world})")
+    if recipe.img_size % 16:
+        raise ValueError(f"img_size must be a multiple of 16 (the encoder downsamples by 16), got {recipe.img_size}")
+    check_image_folder(recipe.data)
+    train_tf, val_tf = create_transforms(recipe)
+    train_set = ImageFolder(str(Path(recipe.data) / "train"), transform=train_tf)
+    val_set = ImageFolder(str(Path(recipe.data) / "val"), transform=val_tf)
+    # The tree's file list stands in for its path, so a copy of the data elsewhere still resumes.
+    config: dict[str, Any] = {"model": model_name, "seed": seed,
+                              "recipe": {**asdict(recipe), "data": _fingerprint(train_set, val_set)}}
+
+    random_seed(seed)
+    model, model_kwargs = build_model(model_name, len(train_set.classes), recipe)
+    model.to(device)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=recipe.ema_warmup)
+    optimizer = build_optimizer(model, recipe)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=recipe.epochs, min_lr=recipe.min_lr,
+                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs)
+    amp_dtype = _amp_dtype(recipe, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_fn = LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+    start, step, history = 0, 0, []
+    best: dict[str, Any] = {"val_top1": -1.0}
+
+    state = load_checkpoint(out_dir / "last.pt", config) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"], strict=True)
+        ema.module.load_state_dict(state["ema"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+        logger.info("resuming %s from epoch %d", out_dir / "last.pt", start + 1)
+    scheduler.step(start)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    logger.info("pretraining %s on %s: %d classes, %d train / %d val images, %d process(es), %d threads each, "
+                "AMP %s", model_name, recipe.data, len(train_set.classes), len(train_set), len(val_set), world,
+                torch.get_num_threads(), amp_dtype)
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    loader = DataLoader(train_set, batch_size=recipe.batch_size // world, sampler=sampler, drop_last=True,
+                        num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+    # Each rank scores its own slice, without the padding a DistributedSampler adds; counts are summed.
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=recipe.batch_size // world,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
+    end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
+    for epoch in range(start, end):
+        tic = time.perf_counter()
+        random_seed(seed + epoch * world, rank)
+        sampler.set_epoch(epoch)
+        net.train()
+        loss_sum = seen = 0.0
+        lr = optimizer.param_groups[0]["lr"]
+        for images, targets in tqdm(loader, desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}", unit="batch",
+                                    leave=False, disable=rank != 0):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(net(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if recipe.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                dispatch_clip_grad(model.parameters(), recipe.clip_grad, mode="norm")
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            ema.update(model, step=step)
+            loss_sum += loss.item() * len(targets)
+            seen += len(targets)
+        scheduler.step(epoch + 1)
+        if world > 1:
+            # BatchNorm statistics are per rank: average them, so every rank scores (and rank 0 saves) one model.
+            distribute_bn(model, world, reduce=True)
+            distribute_bn(ema.module, world, reduce=True)
+        loss_sum, seen = sum_over_ranks([loss_sum, seen], device)
+        top1, top5 = _evaluate(model, val_loader, device, amp_dtype)
+        ema_top1, ema_top5 = _evaluate(ema.module, val_loader, device, amp_dtype)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), "val_top1": top1,
+                        "val_top5": top5, "val_ema_top1": ema_top1, "val_ema_top5": ema_top5,
+                        "seconds": time.perf_counter() - tic})
+        logger.info("epoch %d: loss %.4f, val top-1 %.2f (EMA %.2f), %.1f s", epoch + 1, history[-1]["train_loss"],
+                    top1, ema_top1, history[-1]["seconds"])
+        candidate = ("ema", ema_top1, ema_top5) if ema_top1 > top1 else ("model", top1, top5)
+        improved = candidate[1] > best["val_top1"]
+        if improved:
+            best = {"source": candidate[0], "epoch": epoch + 1, "val_top1": candidate[1], "val_top5": candidate[2]}
+        if rank == 0:
+            payload = {"model_name": model_name, "model_kwargs": model_kwargs, "classes": train_set.classes,
+                       "recipe": asdict(recipe), "config": config, "git_revision": git_revision()}
+            if improved:
+                weights = (ema.module if best["source"] == "ema" else model).state_dict()
+                save_checkpoint(out_dir / "encoder.pt", {**payload, **best, "model": weights})
+            save_checkpoint(out_dir / "last.pt", {
+                **payload, "model": model.state_dict(), "ema": ema.module.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history, "best": best})
+            _write_reports(history, best, model_name, reports_dir, final=False)
+        if world > 1:
+            dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
+    if rank == 0:
+        _write_reports(history, best, model_name, reports_dir, final=True)
+    return pd.DataFrame(history, columns=HISTORY)
+
+
+def _write_reports(history: list[dict], best: dict[str, Any], model_name: str, reports_dir: Path | None,
+                   final: bool) -> None:
+    if reports_dir is None:
+        return
+    frame = pd.DataFrame(history, columns=HISTORY)
+    atomic_write(Path(reports_dir) / "history.csv", lambda f: frame.to_csv(f, index=False))
+    if final and history:
+        last = history[-1]
+        final = ("train_loss", "val_top1", "val_top5", "val_ema_top1", "val_ema_top5")
+        metrics = {"model": model_name, "epochs": last["epoch"], "final": {k: last[k] for k in final},
+                   "best": best, "seconds": float(frame["seconds"].sum())}
+        atomic_write(Path(reports_dir) / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2) + "\n"))
+
+
+def launch(params_file: str | Path, p: Params, device: torch.device, nproc: int | None = None) -> pd.DataFrame:
+    """Run the ``pretrain`` section of ``p``: in this process, or under ``torchrun`` when ``nproc > 1``.
+
+    Always resumes (the stage's checkpoint folder is persistent). ``nproc`` defaults to ``pretrain.nproc``.
+
+    Returns:
+        the history (one row per epoch).
+    """
+    nproc = p.pretrain.nproc if nproc is None else nproc
+    out_dir, reports_dir = run_dirs(p, p.pretrain.model)
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "rwkvlab.pretrain", "--params", str(params_file), "--device", device.type, "--resume"]
+        logger.info("launching %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        return pd.read_csv(reports_dir / "history.csv")
+    return pretrain(p.pretrain.model, p.pretrain.run_recipe(), out_dir, seed=p.base.seed, device=device,
+                    reports_dir=reports_dir, num_workers=p.pretrain.num_workers)
+
+
+def load_pretrained_encoder(model: nn.Module, path: Path) -> dict[str, list[str]]:
+    """Load ``encoder.pt`` (written by :func:`pretrain`) into ``model.encoder`` (or ``model`` itself).
+
+    The classification head is dropped by an explicit key filter (:data:`HEAD_PREFIXES`); every other
+    key must match the target by name and shape, then the weights load with ``strict=True``.
+
+    Returns:
+        ``{"loaded": keys, "dropped": head keys, "missing": []}``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the keys whose shapes differ (with both shapes), or that one side lacks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained encoder {path} not found (run the pretrain stage)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    target = model.encoder if hasattr(model, "encoder") else model
+    weights = {k: v for k, v in state["model"].items() if not k.startswith(HEAD_PREFIXES)}
+    dropped = sorted(set(state["model"]) - set(weights))
+    own = target.state_dict()
+    shapes = [f"{k}: {tuple(v.shape)} in {path.name} vs {tuple(own[k].shape)} in the model"
+              for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if shapes or missing or unexpected:
+        raise ValueError(f"{path} ({state.get('model_name')}, {state.get('model_kwargs')}) does not fit "
+                         f"{type(target).__name__}: {_some(shapes)} with another shape; missing in {path.name}: "
+                         f"{_some(missing)}; not in the model: {_some(unexpected)}")
+    target.load_state_dict(weights, strict=True)
+    logger.info("loaded %s (%s weights of epoch %s, val top-1 %.2f): %d keys loaded, %d head keys dropped (%s), "
+                "0 missing", path, state.get("source"), state.get("epoch"), state.get("val_top1", math.nan),
+                len(weights), len(dropped), ", ".join(dropped))
+    return {"loaded": sorted(weights), "dropped": dropped, "missing": missing}
+
+
+def _some(items: list[str], n: int = 8) -> str:
+    """The first ``n`` items and how many there are, for an error message that stays readable."""
+    return f"{len(items)} key(s)" + (f" [{'; '.join(items[:n])}{'; ...' if len(items) > n else ''}]" if items else "")
+
+
+def with_overrides(recipe: PretrainRecipe, **changes: Any) -> PretrainRecipe:
+    """``recipe`` with the given fields replaced; ``None`` values keep the recipe's own."""
+    return replace(recipe, **{k: v for k, v in changes.items() if v is not None})

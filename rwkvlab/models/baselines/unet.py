@@ -1,0 +1,169 @@
+"""U-Net, Attention U-Net and UNet++ baselines (SPEC §14), built from MONAI networks and blocks.
+
+* ``unet``: MONAI ``BasicUNet`` with features (32, 64, 128, 256, 512, 32), 7.78M parameters (paper 7.77M).
+* ``unet_pp``: MONAI ``BasicUNetPlusPlus``, same features, without its unused deep-supervision heads, 9.12M (paper
+  9.16M, the 4uiiurz1/UNeXt ``NestedUNet``).
+* ``att_unet``: the Attention U-Net of Oktay et al. (2018) in the layout of its common PyTorch port
+  (LeeJunHyun/Image_Segmentation ``AttU_Net``) at half its widths, 8.73M (paper 8.73M), assembled from MONAI's
+  attention-gate and conv blocks. MONAI's own ``AttentionUnet(channels=(32..512))`` has 7.94M because its decoder
+  merges with one convolution per level where the original has two, and it downsamples with strided convolutions
+  instead of max pooling.
+
+BatchNorm and ReLU replace MONAI's default instance norm and LeakyReLU: the implementations the paper's tables come
+from (Oktay's, UNet++'s ``VGGBlock``) use them, and the complexity counter counts BatchNorm as thop does. MONAI's
+transposed-convolution upsampling (``upsample="deconv"``) is kept because it gives the paper's parameter counts; the
+bilinear alternative loses 0.5M (U-Net 7.25M) and 0.7M (UNet++ 8.39M).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rwkvlab.models._registry import register_model
+from rwkvlab.models.baselines._base import check_input
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MonaiUNet", "AttentionUNet"]
+
+FEATURES = (32, 64, 128, 256, 512, 32)
+
+
+def _check_args(in_chans: int, num_classes: int) -> None:
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+
+class MonaiUNet(nn.Module):
+    """MONAI's ``BasicUNet`` or ``BasicUNetPlusPlus`` (2D) behind the rwkvlab model contract.
+
+    Args:
+        nested: ``False`` for U-Net, ``True`` for UNet++ (without deep supervision).
+        in_chans: input channels, passed to the first convolution (no weights to reuse, so no RGB repeat).
+        num_classes: output classes, background included.
+        features: the five encoder widths and the last decoder width (MONAI's ``features``).
+
+    Shape:
+        x: (N, in_chans, H, W), H and W multiples of 16 (four poolings) -> (N, num_classes, H, W) logits.
+
+    Example:
+        >>> net = create_model("unet", in_chans=1, num_classes=4)
+        >>> net(torch.zeros(2, 1, 64, 96)).shape
+        torch.Size([2, 4, 64, 96])
+    """
+
+    size_divisor = 16
+
+    def __init__(self, nested: bool = False, in_chans: int = 3, num_classes: int = 2,
+                 features: Sequence[int] = FEATURES) -> None:
+        super().__init__()
+        from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+
+        _check_args(in_chans, num_classes)
+        if len(features) != 6:
+            raise ValueError(f"features must hold 6 widths (5 encoder levels, last decoder), got {tuple(features)}")
+        self.in_chans, self.num_classes, self.nested = in_chans, num_classes, nested
+        cls = BasicUNetPlusPlus if nested else BasicUNet
+        # BasicUNet.__init__ prints its features; the library logs instead.
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            self.net = cls(spatial_dims=2, in_channels=in_chans, out_channels=num_classes, features=tuple(features),
+                           act="relu", norm="batch", upsample="deconv")
+        logger.debug("%s: %s", cls.__name__, said.getvalue().strip())
+        if nested:
+            # MONAI builds and runs the three deep-supervision heads even without deep supervision, then drops their
+            # maps: Identity keeps its forward working without parameters that never get a gradient.
+            for i in (1, 2, 3):
+                setattr(self.net, f"final_conv_0_{i}", nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_chans, self.size_divisor, type(self).__name__)
+        out = self.net(x)
+        return out[0] if self.nested else out  # BasicUNetPlusPlus returns a list (one map without deep supervision)
+
+
+class _UpConv(nn.Sequential):
+    """Nearest x2 upsampling then conv 3x3 + BN + ReLU: ``up_conv`` of the Attention U-Net port."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        from monai.networks.blocks import Convolution
+
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"),
+                         Convolution(2, in_chs, out_chs, kernel_size=3, act="relu", norm="batch", adn_ordering="NDA"))
+
+
+class AttentionUNet(nn.Module):
+    """Attention U-Net (Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", 2018), 2D.
+
+    The layout of the widely used port (LeeJunHyun/Image_Segmentation ``AttU_Net``): double-conv encoder with max
+    pooling; per decoder level an upsampling conv, an additive attention gate on the skip (inner width half the
+    skip's) and a double conv on ``cat[gated skip, upsampled]``; a 1x1 head. Built from MONAI's ``ConvBlock`` and
+    ``AttentionBlock``; MONAI's ``AttentionUnet`` differs in the two ways the module docstring names.
+
+    Args:
+        in_chans: input channels.
+        num_classes: output classes, background included.
+        channels: encoder widths, shallowest first; (32, ..., 512) is the original's half width (8.73M parameters).
+
+    Shape:
+        x: (N, in_chans, H, W), H and W multiples of 2^(len(channels) - 1) -> (N, num_classes, H, W) logits.
+    """
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 2,
+                 channels: Sequence[int] = (32, 64, 128, 256, 512)) -> None:
+        super().__init__()
+        from monai.networks.nets.attentionunet import AttentionBlock, ConvBlock
+
+        _check_args(in_chans, num_classes)
+        if len(channels) < 2:
+            raise ValueError(f"channels must hold at least 2 widths, got {tuple(channels)}")
+        self.in_chans, self.num_classes = in_chans, num_classes
+        self.size_divisor = 2 ** (len(channels) - 1)
+        ins = [in_chans, *channels[:-1]]
+        self.encoder = nn.ModuleList(ConvBlock(2, i, o) for i, o in zip(ins, channels))
+        self.pool = nn.MaxPool2d(2)
+        # Decoder levels deepest first: channels[k + 1] -> channels[k].
+        deep = list(reversed(channels))
+        self.up = nn.ModuleList(_UpConv(d, s) for d, s in zip(deep, deep[1:]))
+        self.gate = nn.ModuleList(AttentionBlock(2, f_int=s // 2, f_g=s, f_l=s) for s in deep[1:])
+        self.merge = nn.ModuleList(ConvBlock(2, 2 * s, s) for s in deep[1:])
+        self.head = nn.Conv2d(channels[0], num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_chans, self.size_divisor, type(self).__name__)
+        skips = []
+        for i, block in enumerate(self.encoder):
+            x = block(x if i == 0 else self.pool(x))
+            skips.append(x)
+        d = skips.pop()
+        for up, gate, merge in zip(self.up, self.gate, self.merge):
+            d = up(d)
+            s = skips.pop()
+            d = merge(torch.cat([gate(g=d, x=s), d], dim=1))  # the original's order: gated skip first
+        return self.head(d)
+
+
+@register_model
+def unet(in_chans: int = 3, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
+    """U-Net (Ronneberger et al., 2015) as MONAI ``BasicUNet``, 7.78M parameters (paper 7.77M)."""
+    return MonaiUNet(False, in_chans, num_classes, features)
+
+
+@register_model
+def unet_pp(in_chans: int = 3, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
+    """UNet++ (Zhou et al., 2018) as MONAI ``BasicUNetPlusPlus``, 9.12M parameters (paper 9.16M)."""
+    return MonaiUNet(True, in_chans, num_classes, features)
+
+
+@register_model
+def att_unet(in_chans: int = 3, num_classes: int = 2,
+             channels: Sequence[int] = (32, 64, 128, 256, 512)) -> AttentionUNet:
+    """Attention U-Net (Oktay et al., 2018) at half the original widths, 8.73M parameters (paper 8.73M)."""
+    return AttentionUNet(in_chans, num_classes, channels)

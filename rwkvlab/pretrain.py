@@ -1,0 +1,68 @@
+"""Command line for encoder pretraining (``rwkvlab.engine.pretrain``)::
+
+    python -m rwkvlab.pretrain [--params params.yaml] [--recipe NAME] [--data ROOT] [--model rwkv_enc_t]
+        [--epochs E] [--batch-size B] [--img-size S] [--out DIR] [--reports DIR] [--device D] [--resume]
+    torchrun --nproc_per_node=N -m rwkvlab.pretrain ...      # DDP: N processes (gloo on CPU, nccl on CUDA)
+
+Options not given come from the ``pretrain`` section of the params file (recipe ``pretrain.recipe``
+unless ``--recipe``); ``--out`` defaults to ``data/checkpoints/pretrain/<model>`` and ``--reports`` to
+``reports/pretrain/<model>`` (``base`` section). ``--batch-size`` is the global batch, split over the
+processes. Without ``--resume`` an existing ``last.pt`` is ignored and overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from timm.utils.distributed import init_distributed_device_so
+
+from rwkvlab import config
+from rwkvlab.engine.pretrain import pretrain, run_dirs, with_overrides
+from rwkvlab.engine.inference import resolve_device
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rwkvlab.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (pretrain section)")
+    parser.add_argument("--recipe", help="entry of pretrain.recipes (default: pretrain.recipe)")
+    parser.add_argument("--data", type=Path, help="ImageFolder root with train/ and val/")
+    parser.add_argument("--model", help="registered encoder with a head, e.g. rwkv_enc_t")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--img-size", type=int, help="training and evaluation size, a multiple of 16")
+    parser.add_argument("--out", type=Path, help="checkpoint folder (last.pt, encoder.pt)")
+    parser.add_argument("--reports", type=Path, help="folder of history.csv and metrics.json")
+    parser.add_argument("--device", help="auto, cpu or cuda (default: base.device)")
+    parser.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
+    args = parser.parse_args(argv)
+
+    p = config.load(args.params, **({"pretrain.recipe": args.recipe} if args.recipe else {}))
+    model = args.model or p.pretrain.model
+    recipe = with_overrides(p.pretrain.run_recipe(), data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                            img_size=args.img_size)
+    out_dir, reports_dir = run_dirs(p, model)
+    # Under torchrun this joins the process group and picks this rank's GPU (cuda:LOCAL_RANK).
+    dev = init_distributed_device_so(device=str(resolve_device(args.device or p.base.device)))
+    logging.basicConfig(level=logging.INFO if dev["global_rank"] == 0 else logging.WARNING,
+                        format=f"[rank {dev['global_rank']}] %(message)s")
+    try:
+        history = pretrain(model, recipe, args.out or out_dir, seed=p.base.seed, device=torch.device(dev["device"]),
+                           reports_dir=args.reports or reports_dir, num_workers=p.pretrain.num_workers,
+                           resume=args.resume)
+    finally:
+        if dev["distributed"]:
+            dist.destroy_process_group()
+    if dev["global_rank"] == 0:
+        print(json.dumps(history.iloc[-1].to_dict() if len(history) else {}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
