@@ -1,8 +1,23 @@
-"""Micro-benchmarks: ``python -m rwkvlab.bench wkv`` and ``python -m rwkvlab.bench data``.
+"""Micro-benchmarks: ``python -m rwkvlab.bench wkv``, ``data``, ``metrics``, ``train`` and ``gpu``.
+
+``train`` times a training step (forward, cross-entropy, backward, AdamW) and inference at 224x224 with 9
+classes (issue 10). On a GPU: RWKV-UNet-T/S/B at batch 24 in fp32 and bf16 autocast, channels_last, beside the
+same models in fp32 eager NCHW, with peak memory. On the CPU: RWKV-UNet-T beside MONAI's
+``BasicUNet(features=(32, 64, 128, 256, 512, 32))`` at batch 4, interleaved step by step (target: T trains
+>= 1.5x as fast).
+
+``gpu`` is the whole GPU check in one command (under 8 minutes): build the CUDA kernel, run the ``cuda``
+tests, compare the kernel with the float64 reference at the shapes of T/S/B at 224 and 512 px, run ``wkv``
+and ``train``, and print one summary; without a GPU it stops with a message.
 
 ``data`` measures the input pipeline at 224x224: reading a prepared cache into memory, iterating it
 without augmentation in one process (target: >= 2000 samples/s), and each training augmentation
 recipe on one thread (target: >= 300 samples/s per core).
+
+``metrics`` scores Synapse-sized volumes (100 x 512 x 512, 8 organs; :func:`synapse_like_case`) with
+the whole-volume implementation and with :func:`rwkvlab.metrics.case_metrics` (boxed), prints both times
+and their ratio, checks that the results are bit-identical (target: <= 5 s per volume, issue 11), and
+with ``--volumes`` > 1 times :func:`rwkvlab.engine.evaluate.evaluate_cases` over them in parallel.
 
 ``wkv`` times every Bi-WKV path (issue 3, SPEC §2, §9).
 
@@ -28,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -188,6 +204,263 @@ def _format(rows: Sequence[WkvRow], bandwidth: float) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------------------------------
+# Training and inference throughput (issue 10)
+
+TRAIN_MODELS = ("rwkv_unet_t", "rwkv_unet_s", "rwkv_unet_b")
+# MONAI BasicUNet(features=(32, 64, 128, 256, 512, 32)), registered as ``unet`` (7.78M parameters).
+BASELINE_MODEL = "unet"
+# The authors' release on an H100 (SPEC §9), images/s, for the summary.
+AUTHORS_H100 = {("rwkv_unet_b", "train", "fp32"): 153, ("rwkv_unet_b", "train", "bf16"): 179,
+                ("rwkv_unet_b", "infer", "fp32"): 550, ("rwkv_unet_b", "infer", "bf16"): 669,
+                ("rwkv_unet_s", "train", "fp32"): 201}
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One measured configuration: ``mode`` is ``train`` (forward, cross-entropy, backward, AdamW step) or
+    ``infer`` (forward without gradients); ``precision`` is ``fp32`` or ``bf16`` (autocast)."""
+
+    model: str
+    mode: str
+    precision: str
+    batch: int
+    size: int
+    num_classes: int = 9
+    channels_last: bool = True
+    compiled: bool = False
+
+    @property
+    def label(self) -> str:
+        """``model mode precision`` plus the layout and compilation switches that differ from eager NCHW."""
+        extra = ("channels_last" if self.channels_last else "NCHW") + (", compiled" if self.compiled else "")
+        return f"{self.model} {self.mode} {self.precision} ({extra})"
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """Median images/s of a configuration and its peak device memory (GiB; CUDA only)."""
+
+    config: StepConfig
+    img_s: float
+    peak_gib: float | None
+
+
+class _Step:
+    """A model, its optimizer and one batch of random data, ready to time one step of ``config``."""
+
+    def __init__(self, config: StepConfig, device: torch.device, seed: int = 0) -> None:
+        from rwkvlab.models import create_model
+
+        if config.mode not in ("train", "infer") or config.precision not in ("fp32", "bf16"):
+            raise ValueError(f"StepConfig: mode must be train/infer and precision fp32/bf16, got {config}")
+        torch.manual_seed(seed)
+        self.config, self.device = config, device
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = create_model(config.model, in_chans=3, num_classes=config.num_classes).to(device, memory_format=fmt)
+        self.x = torch.randn(config.batch, 3, config.size, config.size, device=device).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, config.num_classes, (config.batch, config.size, config.size), device=device)
+        self.forward = torch.compile(self.model) if config.compiled else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.model.train(config.mode == "train")
+
+    def __call__(self) -> None:
+        c = self.config
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
+        if c.mode == "infer":
+            with torch.no_grad(), autocast:
+                self.forward(self.x)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(self.forward(self.x).float(), self.y)
+        loss.backward()
+        self.optimizer.step()
+
+
+def bench_steps(configs: Sequence[StepConfig], device: torch.device, steps: int = 3, warmup: int = 1) -> list[StepRow]:
+    """Median images/s of each configuration over ``steps`` timed steps after ``warmup`` untimed ones.
+
+    On the CPU the configurations run interleaved (one step of each in turn), so that a ratio between two of
+    them holds while other processes change the machine's speed; on a GPU they run one after another, each
+    alone in memory, so that its peak memory is its own.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"bench_steps: steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+    times: dict[StepConfig, list[float]] = {c: [] for c in configs}
+    peaks: dict[StepConfig, float | None] = {c: None for c in configs}
+
+    def timed(step: _Step, i: int) -> None:
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times[step.config].append(time.perf_counter() - start)
+
+    progress = tqdm(total=len(configs) * (steps + warmup), desc="bench train", unit="step", leave=False)
+    if device.type == "cuda":
+        for c in configs:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            step = _Step(c, device)
+            for i in range(warmup + steps):
+                timed(step, i)
+                progress.update()
+            peaks[c] = torch.cuda.max_memory_allocated(device) / 2**30
+            del step
+    else:
+        built = [_Step(c, device) for c in configs]
+        for i in range(warmup + steps):
+            for step in built:
+                timed(step, i)
+                progress.update()
+    progress.close()
+    return [StepRow(c, c.batch / statistics.median(times[c]), peaks[c]) for c in configs]
+
+
+def train_configs(device: torch.device, models: Sequence[str] | None = None, batch: int | None = None,
+                  size: int = 224, compiled: bool = False) -> list[StepConfig]:
+    """What ``bench train`` measures on ``device``, baseline first.
+
+    GPU: T/S/B at ``batch`` 24, train and inference, fp32 and bf16 (channels_last), after the baseline the
+    optimised settings beat: each model in fp32, eager, NCHW. CPU: RWKV-UNet-T and MONAI's BasicUNet at batch 4,
+    train and inference in fp32, channels_last.
+    """
+    if device.type == "cuda":
+        models, batch = list(models or TRAIN_MODELS), batch or 24
+        base = [StepConfig(m, mode, "fp32", batch, size, channels_last=False) for m in models for mode in ("train", "infer")]
+        fast = [StepConfig(m, mode, p, batch, size, compiled=compiled)
+                for m in models for mode in ("train", "infer") for p in ("fp32", "bf16")]
+        return base + fast
+    models, batch = list(models or [TRAIN_MODELS[0]]), batch or 4
+    return [StepConfig(m, mode, "fp32", batch, size, compiled=compiled)
+            for m in [BASELINE_MODEL, *models] for mode in ("train", "infer")]
+
+
+def format_steps(rows: Sequence[StepRow]) -> list[str]:
+    """A table of images/s and peak memory, with each row's speed over its reference: the baseline model (the
+    same mode and precision) on the CPU, the same model in fp32 eager NCHW on a GPU; and the authors' H100 figure
+    (SPEC §9) where there is one."""
+    by = {(r.config.model, r.config.mode, r.config.precision, r.config.channels_last, r.config.compiled): r
+          for r in rows}
+    head = f"{'configuration':<46} {'batch':>5} {'img/s':>9} {'peak GiB':>9} {'x ref':>7} {'authors':>8}  reference"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        c = r.config
+        ref = by.get((BASELINE_MODEL, c.mode, c.precision, c.channels_last, c.compiled))
+        ref_name = f"{BASELINE_MODEL} (MONAI BasicUNet)"
+        if c.model == BASELINE_MODEL or ref is None:
+            ref = by.get((c.model, c.mode, "fp32", False, False))
+            ref_name = "fp32 eager NCHW"
+        ratio = "-" if ref is None or ref is r else f"{r.img_s / ref.img_s:.2f}"
+        authors = AUTHORS_H100.get((c.model, c.mode, c.precision))
+        lines.append(f"{c.label:<46} {c.batch:>5} {r.img_s:>9.2f} "
+                     f"{'-' if r.peak_gib is None else f'{r.peak_gib:.2f}':>9} {ratio:>7} "
+                     f"{'-' if authors is None else authors:>8}  {ref_name if ratio != '-' else ''}")
+    return lines
+
+
+@dataclass(frozen=True)
+class GpuCheck:
+    """One part of ``bench gpu``: whether it passed, how long it took and what it found."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def format_gpu_summary(device_name: str, checks: Sequence[GpuCheck], limit_s: float) -> str:
+    """The one summary ``bench gpu`` prints: a line per part, then the verdict and the total time."""
+    total = sum(c.seconds for c in checks)
+    lines = [f"bench gpu on {device_name}", "=" * 72]
+    for c in checks:
+        detail = c.detail.splitlines() or [""]
+        lines.append(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<28} {c.seconds:7.1f} s  {detail[0]}")
+        lines += [f"{'':>45}{d}" for d in detail[1:]]
+    verdict = "all parts passed" if all(c.ok for c in checks) else \
+        f"FAILED: {', '.join(c.name for c in checks if not c.ok)}"
+    within = "within" if total <= limit_s else "OVER"
+    lines += ["=" * 72, f"{verdict}; {total:.0f} s in all ({within} the {limit_s / 60:.0f}-minute budget)"]
+    return "\n".join(lines)
+
+
+GPU_LIMIT_S = 8 * 60
+# Relative L2 error of the CUDA kernel against the float64 reference that counts as exact (fp32 inputs).
+GPU_TOLERANCE = 1e-5
+
+
+def _gpu_check(name: str, fn: Callable[[], tuple[bool, str]]) -> GpuCheck:
+    start = time.perf_counter()
+    try:
+        ok, detail = fn()
+    except Exception as err:  # noqa: BLE001 - one failing part must not hide the others' results
+        ok, detail = False, f"{type(err).__name__}: {err}"
+    return GpuCheck(name, ok, time.perf_counter() - start, detail)
+
+
+def bench_gpu(steps: int = 10, compiled: bool = False) -> list[GpuCheck]:
+    """Everything issue 10 asks of a GPU machine, in one call: build the CUDA kernel, run the ``cuda`` tests,
+    check the kernel against the float64 reference at the Spatial Mix shapes of T/S/B at 224 and 512 px, and run
+    the ``wkv`` and ``train`` benchmarks. Each part is timed; a failing part is reported, not raised.
+
+    Raises:
+        RuntimeError: no CUDA GPU is visible.
+    """
+    import subprocess
+    import sys
+
+    from rwkvlab.ops._cpu import REPO_ROOT
+    from rwkvlab.ops._cuda import build
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("bench gpu needs a CUDA GPU, and torch.cuda.is_available() is False here; "
+                           "on the CPU run `python -m rwkvlab.bench wkv` and `python -m rwkvlab.bench train`")
+    device = torch.device("cuda")
+    checks = [_gpu_check("build CUDA kernel", lambda: (True, build()))]
+    if not checks[0].ok:
+        return checks
+
+    def cuda_tests() -> tuple[bool, str]:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                              str(REPO_ROOT / "tests")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+        return out.returncode == 0, (out.stdout.strip().splitlines() or ["no output"])[-1]
+
+    def exactness() -> tuple[bool, str]:
+        fn = functools.partial(bi_wkv, backend="cuda")
+        worst, lines = 0.0, []
+        for shape in wkv_shapes(1):
+            err_y, err_g = _errors(fn, shape, device)
+            worst = max(worst, err_y, err_g)
+            lines.append(f"T={shape.t:>5} C={shape.c:>5} err y {err_y:.1e} grad {err_g:.1e}  {shape.label}")
+        return worst <= GPU_TOLERANCE, f"worst relative L2 error {worst:.1e} (<= {GPU_TOLERANCE:.0e})\n" + "\n".join(lines)
+
+    def wkv() -> tuple[bool, str]:
+        bandwidth = memory_bandwidth(device)
+        rows = [r for s in wkv_shapes(24) for r in bench_wkv(s, device) if r.path == "cuda"]
+        issue = next(r for r in rows if (r.shape.t, r.shape.c) == (784, 576))
+        return True, (f"(24, 784, 576) fwd {1e3 * issue.fwd:.3f} ms, fwd+bwd {1e3 * issue.fwd_bwd:.3f} ms "
+                      f"(target <= 0.29, authors 1.454)\n" + "\n".join(_format(rows, bandwidth)))
+
+    def train() -> tuple[bool, str]:
+        rows = bench_steps(train_configs(device, compiled=compiled), device, steps=steps, warmup=3)
+        b = {(r.config.mode, r.config.precision): r for r in rows
+             if r.config.model == "rwkv_unet_b" and r.config.channels_last}
+        head = (f"B train {b['train', 'bf16'].img_s:.0f} img/s bf16 (target >= 300, peak "
+                f"{b['train', 'bf16'].peak_gib:.1f} GiB, target <= 8), infer {b['infer', 'bf16'].img_s:.0f} img/s "
+                f"bf16 (target >= 1200)")
+        return True, head + "\n" + "\n".join(format_steps(rows))
+
+    checks.append(_gpu_check("cuda tests", cuda_tests))
+    checks.append(_gpu_check("kernel vs float64 reference", exactness))
+    checks.append(_gpu_check("bench wkv", wkv))
+    checks.append(_gpu_check("bench train", train))
+    return checks
+
+
 def bench_data(n: int = 1000, size: tuple[int, int] = (224, 224), batch: int = 24) -> None:
     """Print the input-pipeline throughputs described in the module docstring."""
     import json
@@ -238,18 +511,154 @@ def bench_data(n: int = 1000, size: tuple[int, int] = (224, 224), batch: int = 2
         print(f"  augment '{recipe}', 1 thread  {m / (time.perf_counter() - start):10.0f} samples/s per core (target >= 300)")
 
 
+# Synapse organs, label: (centre as a fraction of (D, H, W), semi-axes in voxels), sized like the
+# TransUNet-preprocessed test volumes (512 x 512 slices of ~0.75 mm, ~3 mm apart); drawn largest first.
+_ORGANS = {
+    5: ((0.45, 0.42, 0.30), (25, 105, 90)),  # liver, ~1 M voxels
+    8: ((0.40, 0.40, 0.64), (18, 65, 50)),  # stomach
+    7: ((0.40, 0.55, 0.78), (17, 45, 32)),  # spleen
+    3: ((0.55, 0.60, 0.68), (16, 33, 26)),  # left kidney
+    4: ((0.60, 0.60, 0.30), (16, 33, 26)),  # right kidney
+    6: ((0.52, 0.50, 0.53), (7, 18, 70)),  # pancreas
+    1: ((0.50, 0.55, 0.50), (45, 12, 12)),  # aorta, a tube through most slices
+    2: ((0.50, 0.40, 0.38), (8, 18, 14)),  # gallbladder
+}
+
+
+def synapse_like_case(seed: int, shape: tuple[int, int, int] = (100, 512, 512)) -> tuple[np.ndarray, np.ndarray]:
+    """A (prediction, ground truth) pair of uint8 label maps with the 8 Synapse organs as ellipsoids.
+
+    The prediction moves each organ by ~2 voxels, rescales its axes by ~8% and adds a false-positive
+    fragment of three organs elsewhere in the volume, as networks do; the fragments widen the boxes.
+
+    Shape:
+        (D, H, W) each, labels 0-8.
+    """
+    rng = np.random.default_rng(seed)
+    gt, pred = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+
+    def draw(vol: np.ndarray, label: int, centre: np.ndarray, axes: np.ndarray) -> None:
+        lo = np.clip(np.floor(centre - axes).astype(int), 0, shape)
+        hi = np.clip(np.ceil(centre + axes).astype(int) + 1, 0, shape)
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        inside = sum(((x - c) / r) ** 2 for x, c, r in zip(grid, centre, axes)) <= 1
+        vol[tuple(slice(a, b) for a, b in zip(lo, hi))][inside] = label
+
+    fragments = set(rng.choice(list(_ORGANS), 3, replace=False).tolist())
+    for label, (centre, axes) in _ORGANS.items():
+        centre, axes = np.array(centre) * shape, np.array(axes, dtype=np.float64)
+        draw(gt, label, centre, axes)
+        draw(pred, label, centre + rng.normal(0, 2, 3), axes * rng.normal(1, 0.08, 3))
+        if label in fragments:
+            draw(pred, label, rng.uniform(0.15, 0.85, 3) * shape, rng.uniform(2, 8, 3))
+    return pred, gt
+
+
+def _whole_volume_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int,
+                          spacing: Sequence[float] | None) -> np.ndarray:
+    """``case_metrics`` as it was before bounding boxes (rwkvlab @ 93a1e1c): the yardstick."""
+    from scipy import ndimage
+
+    def surface(mask: np.ndarray) -> np.ndarray:
+        return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+
+    def directed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(~surface(b), sampling=spacing)[surface(a)]
+
+    rows = []
+    for c in range(1, num_classes):
+        p, g = pred == c, gt == c
+        if p.any() and g.any():
+            dsc = 2.0 * np.count_nonzero(p & g) / (np.count_nonzero(p) + np.count_nonzero(g))
+            rows.append((float(dsc), float(np.percentile(np.concatenate([directed(p, g), directed(g, p)]), 95))))
+        else:
+            rows.append((1.0, 0.0) if p.any() else (0.0, 0.0))
+    return np.array(rows, dtype=np.float64)
+
+
+def bench_metrics(volumes: int = 1, spacing: Sequence[float] | None = None) -> None:
+    """Print the whole-volume and boxed metric times described in the module docstring.
+
+    Raises:
+        SystemExit: when the boxed results differ from the whole-volume ones in any bit.
+    """
+    from rwkvlab.engine.evaluate import evaluate_cases
+    from rwkvlab.metrics import case_metrics
+
+    names = ("background", *(f"organ{label}" for label in range(1, 9)))
+    print(f"\nDSC/HD95 of Synapse-like volumes (100 x 512 x 512, 8 organs), spacing {spacing or 'voxels'}")
+    cases, mismatches = [], []
+    for i in range(volumes):
+        pred, gt = synapse_like_case(i)
+        cases.append((pred, gt))
+        start = time.perf_counter()
+        boxed = case_metrics(pred, gt, len(names), spacing)
+        boxed_s = time.perf_counter() - start
+        start = time.perf_counter()
+        whole = _whole_volume_metrics(pred, gt, len(names), spacing)
+        whole_s = time.perf_counter() - start
+        same = boxed.tobytes() == whole.tobytes()
+        if not same:
+            mismatches.append(i)
+        print(f"  volume {i}: whole volume {whole_s:7.1f} s, boxed {boxed_s:6.2f} s (target <= 5), "
+              f"x{whole_s / boxed_s:.0f}, bit-identical: {same}")
+    if volumes > 1:
+        start = time.perf_counter()
+        evaluate_cases([p for p, _ in cases], [g for _, g in cases], [str(i) for i in range(volumes)], names, spacing)
+        print(f"  evaluate_cases, {volumes} volumes in parallel: {time.perf_counter() - start:.1f} s")
+    if mismatches:
+        raise SystemExit(f"boxed metrics differ from the whole-volume ones on volumes {mismatches}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=["wkv", "data"])
+    parser.add_argument("benchmark", choices=["wkv", "data", "metrics", "train", "gpu"])
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds after which a measurement stops")
+    parser.add_argument("--volumes", type=int, default=1, help="metrics: Synapse-like volumes to score")
+    parser.add_argument("--spacing", type=float, nargs=3, help="metrics: voxel size (D H W); default voxels")
+    parser.add_argument("--models", nargs="+", help=f"train: models (default {TRAIN_MODELS[0]} on the CPU, "
+                        f"T/S/B on a GPU); the baseline {BASELINE_MODEL} is added on the CPU")
+    parser.add_argument("--batch", type=int, help="train: batch size (default 4 on the CPU, 24 on a GPU)")
+    parser.add_argument("--size", type=int, default=224, help="train: image size")
+    parser.add_argument("--steps", type=int, help="train, gpu: timed steps per configuration (default 3 CPU, 10 GPU)")
+    parser.add_argument("--compile", action="store_true", help="train, gpu: torch.compile the models")
     args = parser.parse_args(argv)
+    for name in ("batch", "size", "steps", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
+    if args.benchmark == "gpu":
+        try:
+            checks = bench_gpu(args.steps or 10, args.compile)
+        except RuntimeError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(format_gpu_summary(torch.cuda.get_device_name(), checks, GPU_LIMIT_S))
+        if not all(c.ok for c in checks):
+            raise SystemExit(1)
+        return
+    if args.benchmark == "train":
+        for name in args.device or ["cuda" if torch.cuda.is_available() else "cpu"]:
+            device = torch.device(name)
+            if name == "cuda" and not torch.cuda.is_available():
+                parser.error("--device cuda: no CUDA GPU is visible")
+            configs = train_configs(device, args.models, args.batch, args.size, args.compile)
+            label = torch.cuda.get_device_name(device) if name == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+            print(f"\ntrain step and inference on {label}, {args.size}x{args.size}, 9 classes")
+            start = time.perf_counter()
+            rows = bench_steps(configs, device, steps=args.steps or (10 if name == "cuda" else 3),
+                               warmup=3 if name == "cuda" else 1)
+            print("\n".join(format_steps(rows)))
+            print(f"({time.perf_counter() - start:.0f} s)")
+        return
     if args.benchmark == "data":
         bench_data()
+        return
+    if args.benchmark == "metrics":
+        bench_metrics(args.volumes, args.spacing)
         return
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in devices:

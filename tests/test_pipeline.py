@@ -20,6 +20,12 @@ prepare:
   image_size: {{demo: [32, 48], synapse_demo: [32, 32], busi: [32, 32]}}
   split_seeds: [0]
   card_montage: 4
+pretrain:
+  model: rwkv_enc_t
+  recipe: tiny
+  recipes:
+    tiny: {{data: digits, epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 1.0e-5, warmup_epochs: 0, warmup_lr: 1.0e-4,
+            weight_decay: 0.05, label_smoothing: 0.1, img_size: 32, hflip: 0.0, auto_augment: null}}
 train:
   datasets: [demo, synapse_demo]
   models: [rwkv_unet_t]
@@ -30,6 +36,19 @@ train:
             dice_weight: 1.0, precise_bn: true}}
     synapse_demo: {{epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 0.0, weight_decay: 1.0e-3, ce_weight: 0.5,
                     dice_weight: 0.5, test_checkpoint: last, augment: acdc}}
+    ablate_demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
+                   dice_weight: 1.0}}
+ablate:
+  dataset: demo
+  recipe: ablate_demo
+  model: rwkv_unet_t
+  trained: [attn_none, attn_spatial_mix, pre_digits]
+  variants:
+    pre_digits: {{table: "7", row: "with,30", recipe: {{init: pretrain/rwkv_enc_t}}}}
+    attn_spatial_mix: {{table: "2", row: "RWKV Spatial-Mix (paper default)"}}
+    attn_none: {{table: "2", kwargs: {{mixer: none}}}}
+    skips1: {{table: "11", row: "1,with", kwargs: {{skips: 1}}}}
+erf: {{variants: [attn_none, attn_spatial_mix], images: {demo}/images, size: [32, 32], n: 1}}
 evaluate: {{batch_size: 8}}
 report: {{overlay_cases: 2}}
 """
@@ -52,7 +71,8 @@ def test_dvc_pipeline_is_valid():
     out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "prepare@busi", "train@demo-rwkv_unet_t",
-            "evaluate@synapse_demo-rwkv_unet_t", "report"} <= names
+            "evaluate@synapse_demo-rwkv_unet_t", "report", "pretrain_data", "pretrain", "ablate@attn_mhsa",
+            "ablate@pre_digits", "ablation_tables", "erf"} <= names
 
 
 @pytest.mark.slow
@@ -60,7 +80,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     papermill = pytest.importorskip("papermill")
     from rwkvlab.data.readers.synapse_demo import generate
 
+    from rwkvlab.data.digits import write_digits
+
     generate(tmp_path / "synapse_demo", seed=0)
+    write_digits(tmp_path / "digits", train_per_class=3, val_per_class=2)
     (tmp_path / "raw" / "busi").mkdir(parents=True)  # an absent benchmark: reported and skipped
     params = tmp_path / "params.yaml"
     params.write_text(TINY.format(demo=ROOT / "data" / "demo"))
@@ -73,6 +96,13 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
             run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{dataset}.ipynb"),
                 parameters={"params_file": str(params), "dataset": dataset, "model": "rwkv_unet_t"})
     run(str(ROOT / "notebooks/04_report.ipynb"), str(tmp_path / "04.ipynb"), parameters={"params_file": str(params)})
+    run(str(ROOT / "notebooks/00_pretrain.ipynb"), str(tmp_path / "00.ipynb"), parameters={"params_file": str(params)})
+    for variant in ("attn_none", "attn_spatial_mix", "pre_digits"):
+        run(str(ROOT / "notebooks/05_ablations.ipynb"), str(tmp_path / f"05_{variant}.ipynb"),
+            parameters={"params_file": str(params), "variant": variant})
+    run(str(ROOT / "notebooks/05_ablation_tables.ipynb"), str(tmp_path / "05_tables.ipynb"),
+        parameters={"params_file": str(params)})
+    run(str(ROOT / "notebooks/06_erf.ipynb"), str(tmp_path / "06.ipynb"), parameters={"params_file": str(params)})
 
     for dataset in ("demo", "synapse_demo"):
         metrics = json.loads((tmp_path / f"reports/evaluate/{dataset}/rwkv_unet_t/metrics.json").read_text())
@@ -87,3 +117,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
                 "reports/figures/training_curves.png"]:
         assert (tmp_path / out).is_file(), out
     assert "SYNTHETIC" in (tmp_path / "reports/results.md").read_text()
+    for out in ["reports/ablate/attn_none/metrics.json", "reports/ablations/table2.md", "reports/ablations/table11.md",
+                "reports/ablations/complexity.csv", "reports/ablations/bubble_chart.png", "reports/erf/area_ratio.md",
+                "data/checkpoints/ablate/attn_spatial_mix/last.pt", "data/checkpoints/pretrain/rwkv_enc_t/encoder.pt",
+                "reports/pretrain/rwkv_enc_t/metrics.json", "reports/ablations/table7.md"]:
+        assert (tmp_path / out).is_file(), out
+    table2 = (tmp_path / "reports/ablations/table2.csv").read_text()
+    assert "attn_none" in table2 and "78.14" in table2  # ours beside the paper's spatial-mix row

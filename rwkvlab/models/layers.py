@@ -6,7 +6,30 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ConvBNAct", "q_shift"]
+from rwkvlab.ops.dwconv import depthwise_conv2d
+
+__all__ = ["ConvBNAct", "DepthwiseConv2d", "q_shift"]
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (groups = in = out channels, no bias) whose CPU backward computes the weight
+    gradient with :func:`rwkvlab.ops.dwconv.depthwise_conv2d` (several times faster than PyTorch's); other
+    devices run ``nn.Conv2d`` unchanged. Same parameters and state-dict keys as ``nn.Conv2d``.
+
+    Args:
+        chs: channels.
+        kernel_size: square kernel size (odd; "same" padding).
+        stride: convolution stride.
+    """
+
+    def __init__(self, chs: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__(chs, chs, kernel_size, stride, kernel_size // 2, groups=chs, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, C, H, W) -> (N, C, H / stride, W / stride) (rounded up)."""
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0])
 
 
 class ConvBNAct(nn.Sequential):
@@ -32,7 +55,9 @@ class ConvBNAct(nn.Sequential):
         act_layer: type[nn.Module] | None = nn.ReLU,
         bn_eps: float = 1e-6,
     ) -> None:
+        depthwise = groups == in_chs == out_chs > 1
         super().__init__(
+            DepthwiseConv2d(in_chs, kernel_size, stride) if depthwise else
             nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_chs, eps=bn_eps),
             act_layer() if act_layer is not None else nn.Identity(),

@@ -1,4 +1,4 @@
-"""Fast exact Bi-WKV (SPEC §2): the autograd function, the CPU kernel and a pure-PyTorch chunked scan.
+"""Fast exact Bi-WKV (SPEC §2): the CPU kernel, a pure-PyTorch chunked scan and the kernel build helper.
 
 Every fast path computes ``y`` and ``lz = log(softmax denominator)`` in one forward pass and the four
 gradients in one backward pass, all O(T) and in log space (a running maximum, so exp() only ever sees
@@ -9,7 +9,7 @@ float32 inputs within ~1e-6 of the float64 reference (see the chunked scan's not
 * ``gv_i = sum_t P_ti g_t`` and ``gk_i = sum_t P_ti g_t (v_i - y_t)``,
 * ``gu = sum_t P_tt g_t (v_t - y_t)`` and ``gw = -sum_{t != i} (|t-i| - 1) P_ti g_t (v_i - y_t)``.
 
-Two implementations share :class:`BiWKVFunction`:
+Two implementations of :class:`rwkvlab.ops._op.Kernels`, run by the custom op of :mod:`rwkvlab.ops._op`:
 
 * :class:`CpuKernels`: ``kernels/wkv_cpu.cpp``, built on first use with ninja into
   ``<repo>/build/torch_extensions/`` and called through ctypes (a plain C ABI, so the build takes
@@ -32,16 +32,16 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+
+from rwkvlab.ops._op import bi_wkv_op
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BiWKVFunction",
     "ChunkedScan",
     "CpuKernels",
     "bi_wkv_chunked",
@@ -58,57 +58,17 @@ BUILD_ROOT = REPO_ROOT / "build" / "torch_extensions"
 EMPTY = -1e30
 
 
-class Kernels(Protocol):
-    """A Bi-WKV implementation on contiguous tensors.
+class _NoCudaRuntimeFilter(logging.Filter):
+    """Drops the warning ``No CUDA runtime is found, using CUDA_HOME=...`` that importing
+    :mod:`torch.utils.cpp_extension` logs on a machine with a CUDA toolkit but no GPU: building the CPU kernel
+    needs no GPU, and the dispatcher says in its own words which backend runs (:mod:`rwkvlab.ops.bi_wkv`)."""
 
-    ``k``, ``v`` and ``gy`` come in one of :attr:`dtypes` (else in the accumulation dtype: float64 for
-    float64 inputs, float32 otherwise); ``w`` and ``u`` in the accumulation dtype. ``y``, ``lz`` and
-    the gradients are in the accumulation dtype.
-    """
-
-    dtypes: tuple[torch.dtype, ...]
-
-    def forward(self, k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, T, C) x2, (C,) x2 -> y, lz: (N, T, C)."""
-        ...
-
-    def backward(
-        self, k: Tensor, v: Tensor, w: Tensor, u: Tensor, y: Tensor, lz: Tensor, gy: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> gk, gv: (N, T, C); gw, gu: (C,)."""
-        ...
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
 
 
-def _accumulation_dtype(k: Tensor) -> torch.dtype:
-    # bf16/fp16 inputs are computed in fp32; float64 stays float64 (gradcheck).
-    return torch.float64 if k.dtype == torch.float64 else torch.float32
-
-
-class BiWKVFunction(torch.autograd.Function):
-    """Bi-WKV with a hand-written O(T) backward; ``kernels`` does the work.
-
-    Inputs of any float dtype and layout are made contiguous (and cast to the accumulation dtype unless
-    ``kernels`` reads their dtype); the output has the dtype of ``k``, each gradient that of its input.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, k: Tensor, v: Tensor, w: Tensor, u: Tensor, kernels: Kernels) -> Tensor:
-        acc = _accumulation_dtype(k)
-        kv_dtype = k.dtype if k.dtype in kernels.dtypes and v.dtype == k.dtype else acc
-        k_, v_ = (x.to(kv_dtype).contiguous() for x in (k, v))
-        w_, u_ = (x.to(acc).contiguous() for x in (w, u))
-        y, lz = kernels.forward(k_, v_, w_, u_)
-        ctx.save_for_backward(k_, v_, w_, u_, y, lz)
-        ctx.kernels = kernels
-        ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype)
-        return y.to(k.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
-        k, v, w, u, y, lz = ctx.saved_tensors
-        grads = ctx.kernels.backward(k, v, w, u, y, lz, gy.to(k.dtype).contiguous())
-        return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None)
+# Installed at import, before anything here imports cpp_extension (which logs once, at its own import).
+logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeFilter())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,7 +131,7 @@ class CpuKernels:
         return getattr(self._lib, f"wkv_{kind}_{'f64' if x.dtype == torch.float64 else 'f32'}")
 
     def forward(self, k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """See :class:`Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         y, lz = torch.empty_like(k), torch.empty_like(k)
         self._fn("forward", k)(*map(_ptr, (k, v, w, u, y, lz)), *k.shape, torch.get_num_threads())
         return y, lz
@@ -179,7 +139,7 @@ class CpuKernels:
     def backward(
         self, k: Tensor, v: Tensor, w: Tensor, u: Tensor, y: Tensor, lz: Tensor, gy: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """See :class:`Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         n, _, c = k.shape
         gk, gv = torch.empty_like(k), torch.empty_like(k)
         # Per-batch partial sums of gw and gu, in float64 (they sum T^2 terms of both signs).
@@ -330,7 +290,7 @@ class ChunkedScan:
         return torch.nn.functional.pad(x, (0, 0, 0, j * length - t), value=pad).view(n, j, length, c)
 
     def forward(self, k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """See :class:`Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         n, t, c = k.shape
         j, length = self._layout(t)
         dt = k.dtype
@@ -370,7 +330,7 @@ class ChunkedScan:
     def backward(
         self, k: Tensor, v: Tensor, w: Tensor, u: Tensor, y: Tensor, lz: Tensor, gy: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """See :class:`Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         n, t, c = k.shape
         j, length = self._layout(t)
         dt = k.dtype
@@ -420,7 +380,7 @@ def bi_wkv_chunked(k: Tensor, v: Tensor, w: Tensor, u: Tensor, chunks: int | Non
     Shape:
         (N, T, C) -> (N, T, C), dtype of ``k``.
     """
-    return BiWKVFunction.apply(k, v, w, u, ChunkedScan(chunks))
+    return bi_wkv_op(k, v, w, u, "chunked", chunks or 0)
 
 
 def bi_wkv_cpu(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
@@ -437,4 +397,4 @@ def bi_wkv_cpu(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
     """
     if k.device.type != "cpu":
         raise ValueError(f"bi_wkv backend 'cpu' needs CPU tensors, got {k.device}")
-    return BiWKVFunction.apply(k, v, w, u, cpu_kernels() or ChunkedScan())
+    return bi_wkv_op(k, v, w, u, "cpu")

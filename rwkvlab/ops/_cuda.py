@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rwkvlab.ops._cpu import KERNELS_DIR, BiWKVFunction, ChunkedScan, build_library
+from rwkvlab.ops._cpu import KERNELS_DIR, build_library
+from rwkvlab.ops._op import bi_wkv_op
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class CudaKernels:
             raise RuntimeError(f"bi_wkv CUDA kernel failed: {self._lib.wkv_cuda_error_string(err).decode()}")
 
     def forward(self, k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """See :class:`rwkvlab.ops._cpu.Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         out = torch.float64 if k.dtype == torch.float64 else torch.float32
         y, lz = torch.empty_like(k, dtype=out), torch.empty_like(k, dtype=out)
         self._call(self._lib.wkv_cuda_forward, k, v, w.double(), u.double(), y, lz)
@@ -88,7 +89,7 @@ class CudaKernels:
     def backward(
         self, k: Tensor, v: Tensor, w: Tensor, u: Tensor, y: Tensor, lz: Tensor, gy: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """See :class:`rwkvlab.ops._cpu.Kernels`."""
+        """See :class:`rwkvlab.ops._op.Kernels`."""
         n, _, c = k.shape
         gk, gv = torch.empty_like(y), torch.empty_like(y)
         gw, gu = torch.empty(2, n, c, dtype=torch.float64, device=k.device)
@@ -126,7 +127,7 @@ def bi_wkv_cuda(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
     """
     if not k.is_cuda:
         raise ValueError(f"bi_wkv backend 'cuda' needs CUDA tensors, got {k.device}")
-    return BiWKVFunction.apply(k, v, w, u, cuda_kernels() or ChunkedScan(CUDA_CHUNKS))
+    return bi_wkv_op(k, v, w, u, "cuda")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,15 @@
 
 The backend is resolved in this order: the ``backend`` argument, then the environment variable
 ``RWKVLAB_WKV_BACKEND``, then ``"auto"`` (the fastest registered backend that supports the
-inputs). The choice made by ``auto`` is logged once per (device type, backend).
+inputs). Which implementation runs is logged once per (device type, kernel) from inside the op, so that
+it is said at run time also under ``torch.compile``.
 
 Backends, fastest first: ``cuda`` (CUDA tensors, ``kernels/wkv_cuda.cu``), ``cpu`` (CPU tensors,
 ``kernels/wkv_cpu.cpp``), ``chunked`` (pure PyTorch, any device) and ``reference`` (the O(T^2)
 specification). The kernels are built on first use, never at import; a backend whose kernel cannot
-be built logs why once and runs ``chunked``.
+be built logs why once and runs ``chunked``. ``cuda``, ``cpu`` and ``chunked`` run through the custom op
+``rwkvlab::wkv_forward`` (:mod:`rwkvlab.ops._op`), so ``torch.compile`` keeps Bi-WKV as one graph node and
+``meta`` tensors (shape propagation) go through its fake implementation.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import logging
 import os
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from rwkvlab.ops._cpu import bi_wkv_chunked, bi_wkv_cpu
@@ -28,7 +30,6 @@ __all__ = ["bi_wkv", "available_backends", "register_backend"]
 
 # name -> (function, supports(k) -> bool); registered from fastest to slowest for ``auto``.
 _BACKENDS: dict[str, tuple[Callable[..., Tensor], Callable[[Tensor], bool]]] = {}
-_logged: set[tuple[str, str]] = set()
 
 
 def register_backend(
@@ -89,15 +90,10 @@ def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") ->
         (N, T, C) -> (N, T, C), dtype of ``k``.
     """
     _check(k, v, w, u)
-    if k.device.type == "meta":  # shape propagation (complexity counting): no backend runs
-        return torch.empty_like(k)
     if backend == "auto":
         backend = os.environ.get("RWKVLAB_WKV_BACKEND", "auto")
     if backend == "auto":
         backend = available_backends(k)[0]
-        if (k.device.type, backend) not in _logged:
-            _logged.add((k.device.type, backend))
-            logger.info("bi_wkv: using backend %r for %s tensors", backend, k.device.type)
     if backend not in _BACKENDS:
         raise ValueError(f"bi_wkv: unknown backend {backend!r}; registered: {sorted(_BACKENDS)}")
     fn, supports = _BACKENDS[backend]
