@@ -9,7 +9,11 @@ preparing twice gives identical bytes):
   original (H, W).
 * Volumes (``volume`` cases) at their original resolution, for the volume protocol of SPEC §7:
   ``volume_ids``, ``volume_shapes`` (M, 3), ``volume_offsets`` (M,) and the flattened
-  ``volume_images`` (float16) and ``volume_labels`` (uint8).
+  ``volume_images`` (float32, the values the reader returned) and ``volume_labels`` (uint8).
+  float32, not float16 as the 2D items: the protocol must give TransUNet's bits, and TransUNet reads
+  the float32 HDF5 volumes. That costs 2 more bytes per voxel: about +0.8 GB for Synapse's 12 test
+  volumes (~1,570 slices of 512 x 512: 1.6 GB instead of 0.8 GB), roughly +70 MB for ACDC's 60
+  validation and test volumes.
 * Attributes ``dataset``, ``description``, ``class_names`` and ``skipped`` (JSON, case id -> problem,
   of the cases left out by ``skip_invalid``; ``{}`` when none).
 
@@ -106,7 +110,7 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
         if case.kind == "volume":
             vol_ids.append(case.case_id)
             vol_shapes.append(sample.image.shape)
-            vol_images.append(sample.image.astype(np.float16).ravel())
+            vol_images.append(sample.image.astype(np.float32).ravel())
             vol_labels.append(label.astype(np.uint8).ravel())
             continue
         sizes.append(spatial)
@@ -153,7 +157,7 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
             put("volume_shapes", np.array(vol_shapes, dtype=np.int64).reshape(-1, 3))
             put("volume_offsets", np.cumsum([0] + [a.size for a in vol_images[:-1]]).astype(np.int64)
                 if vol_images else np.zeros(0, np.int64))
-            put("volume_images", np.concatenate(vol_images) if vol_images else np.zeros(0, np.float16))
+            put("volume_images", np.concatenate(vol_images) if vol_images else np.zeros(0, np.float32))
             put("volume_labels", np.concatenate(vol_labels) if vol_labels else np.zeros(0, np.uint8))
             f.attrs["dataset"] = reader.name
             f.attrs["class_names"] = json.dumps(list(reader.class_names))
@@ -213,9 +217,13 @@ def load_prepared(cache: Path, split_file: Path) -> Prepared:
             ids=np.array(f["ids"].asstr()[()], dtype=str), skipped=json.loads(f.attrs.get("skipped", "{}")),
         )
         vol_ids = list(f["volume_ids"].asstr()[()])
+        if vol_ids and f["volume_images"].dtype != np.float32:
+            raise DataError(f"{cache}: volume_images are {f['volume_images'].dtype}, expected float32 (a cache "
+                            f"written by an older rwkvlab, whose volumes cannot give the protocol's bits); "
+                            f"run the prepare stage again")
         for vid, shape, offset in zip(vol_ids, f["volume_shapes"][()], f["volume_offsets"][()]):
             n = int(np.prod(shape))
-            data.volumes[vid] = (f["volume_images"][offset : offset + n].reshape(shape).astype(np.float32),
+            data.volumes[vid] = (f["volume_images"][offset : offset + n].reshape(shape),
                                  f["volume_labels"][offset : offset + n].reshape(shape))
     index = {cid: i for i, cid in enumerate(data.ids.tolist())}
     for name, members in json.loads(split_file.read_text()).items():

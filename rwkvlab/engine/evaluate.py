@@ -41,7 +41,7 @@ def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_siz
     vol_ids = data.volume_splits.get(split, [])
     if vol_ids:
         size = data.images.shape[1:3]
-        vol_pred = [predict_volume(model, data.volumes[v][0], size, batch_size, device) for v in vol_ids]
+        vol_pred = [predict_volume(model, data.volumes[v][0], size, device) for v in vol_ids]
         frames.append(evaluate_cases(vol_pred, [data.volumes[v][1] for v in vol_ids], vol_ids, data.class_names))
         preds.update(zip(vol_ids, vol_pred))
     if not frames:

@@ -145,7 +145,7 @@ def test_nifti_keeps_shape_affine_and_slices_along_the_third_axis(grey_ckpt, tmp
     np.testing.assert_allclose(out.affine, AFFINE)
     model, _ = load_for_prediction(grey_ckpt, CPU)
     for z in range(volume.shape[2]):  # the SPEC §7 protocol on each array[:, :, z]
-        np.testing.assert_array_equal(labels[:, :, z], predict_volume(model, volume[None, :, :, z], SIZE, 1, CPU)[0])
+        np.testing.assert_array_equal(labels[:, :, z], predict_volume(model, volume[None, :, :, z], SIZE, CPU)[0])
     assert len(np.unique(labels)) > 1
     flat = nib.load(tmp_path / "out" / "flat_labels.nii")
     assert flat.shape == (40, 27)
@@ -163,7 +163,7 @@ def test_nifti_in_hounsfield_units_needs_a_window(grey_ckpt, tmp_path, capsys):
     predict_files(grey_ckpt, tmp_path / "hu.nii.gz", tmp_path / "b", CPU, window=(-125, 275))
     model, _ = load_for_prediction(grey_ckpt, CPU)
     unit = (np.clip(hu.astype(np.float32), -125, 275) + 125) / 400
-    expected = np.moveaxis(predict_volume(model, np.moveaxis(unit, 2, 0), SIZE, 4, CPU), 0, 2)
+    expected = np.moveaxis(predict_volume(model, np.moveaxis(unit, 2, 0), SIZE, CPU), 0, 2)
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "b" / "hu_labels.nii.gz").dataobj), expected)
 
 
@@ -177,9 +177,9 @@ def test_h5_and_npz_arrays_come_back_as_npz_of_their_shape(grey_ckpt, tmp_path):
     predict_files(grey_ckpt, tmp_path / "in", tmp_path / "out", CPU)
     model, _ = load_for_prediction(grey_ckpt, CPU)
     with np.load(tmp_path / "out" / "case0001.npy_labels.npz") as f:
-        np.testing.assert_array_equal(f["label"], predict_volume(model, volume, SIZE, 4, CPU))
+        np.testing.assert_array_equal(f["label"], predict_volume(model, volume, SIZE, CPU))
     with np.load(tmp_path / "out" / "slice_labels.npz") as f:
-        np.testing.assert_array_equal(f["label"], predict_volume(model, image[None], SIZE, 4, CPU)[0])
+        np.testing.assert_array_equal(f["label"], predict_volume(model, image[None], SIZE, CPU)[0])
 
 
 def test_killed_run_leaves_no_partial_file_and_a_rerun_resumes(rgb_ckpt, tmp_path, monkeypatch):
