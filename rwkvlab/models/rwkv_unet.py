@@ -115,9 +115,9 @@ class SpatialMix(nn.Module):
         """x: (N, T, C), T = H*W -> (N, T, C)."""
         t = x.shape[1]
         xx = q_shift(x, hw)
-        k = self.key(torch.lerp(xx, x, self.mu_k))
-        v = self.value(torch.lerp(xx, x, self.mu_v))
-        r = self.receptance(torch.lerp(xx, x, self.mu_r))
+        k = self.key(torch.lerp(xx, x, self.mu_k.to(x.dtype)))
+        v = self.value(torch.lerp(xx, x, self.mu_v.to(x.dtype)))
+        r = self.receptance(torch.lerp(xx, x, self.mu_r.to(x.dtype)))
         # The authors scale both by T (SPEC §2 Decision); the op itself runs in float32 or wider.
         dtype = torch.promote_types(k.dtype, torch.float32)
         y = bi_wkv(k.to(dtype), v.to(dtype), (self.decay / t).to(dtype), (self.first / t).to(dtype))
@@ -145,9 +145,9 @@ class ChannelMix(nn.Module):
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
         xx = q_shift(x, hw)
-        h = torch.square(torch.relu(self.key(torch.lerp(xx, x, self.mu_k))))
+        h = torch.square(torch.relu(self.key(torch.lerp(xx, x, self.mu_k.to(x.dtype)))))
         kv = self.value(self.key_norm(h))
-        return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.mu_r))) * kv
+        return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.mu_r.to(x.dtype)))) * kv
 
 
 def token_mixer(name: str, dim: int) -> nn.Module:

@@ -1,0 +1,212 @@
+"""Distributed training: a 2-process DDP step equals the textbook step on the same global batch, a stopped
+2-process run resumes on two processes (as if never stopped) or on one, the launch decision and the command
+line's messages."""
+
+import os
+import re
+import socket
+import subprocess
+from copy import deepcopy
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from monai.utils import set_determinism
+from torch.utils.data import DistributedSampler
+
+from rwkvlab import train as cli
+from rwkvlab.config import Recipe
+from rwkvlab.data import Prepared
+from rwkvlab.data.loader import SegArrays, as_float
+from rwkvlab.engine import train as train_mod
+from rwkvlab.engine.distributed import check_nproc, rank_world, sum_over_ranks, torchrun_command
+from rwkvlab.engine.losses import seg_loss
+from rwkvlab.engine.train import build_optimizer, fit
+from rwkvlab.models import create_model
+
+CPU = torch.device("cpu")
+# No drop path: the reference replays no per-rank random numbers.
+KWARGS = {"drop_path_rate": 0.0, "ccm_drop_path": 0.0}
+RECIPE = Recipe(epochs=1, batch_size=6, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0,
+                augment="none")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    n, h, w = 10, 32, 32
+    masks = np.zeros((n, h, w), np.uint8)
+    for i in range(n):
+        r, c = rng.integers(4, 20, 2)
+        masks[i, r : r + 10, c : c + 10] = 1
+    images = (rng.random((n, h, w, 3)) * 80 + masks[..., None] * 120).astype(np.uint8)
+    return Prepared(dataset="toy", description="toy squares", class_names=("background", "fg"), images=images,
+                    masks=masks, ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool),
+                    sizes=np.full((n, 2), 32), splits={"train": np.arange(6), "val": np.arange(6, 8),
+                                                       "test": np.arange(8, 10)})
+
+
+def _worker(rank, world, port, data, recipe, run_dir, stop_after):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fit("rwkv_unet_t", data, recipe, run_dir, seed=5, device=CPU, model_kwargs=KWARGS, stop_after=stop_after)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn2(data, recipe, run_dir, stop_after=None):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, data, recipe, run_dir, stop_after), nprocs=2, join=True)
+    return torch.load(run_dir / "last.pt", weights_only=False)
+
+
+def test_helpers_answer_for_a_plain_process():
+    assert rank_world() == (0, 1)
+    assert sum_over_ranks([1.5, 2.0], CPU) == [1.5, 2.0]
+    cmd = torchrun_command(4, "rwkvlab.train", ["--dataset", "demo"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "rwkvlab.train",
+                       "--dataset", "demo"]
+    with pytest.raises(ValueError, match=rf"--nproc must be between 1 and the {os.cpu_count()} CPU cores .*got 99"):
+        check_nproc(99, CPU, "--nproc")
+    with pytest.raises(ValueError, match=r"nproc must be between 1 .*got 0"):
+        check_nproc(0, CPU)
+
+
+@pytest.mark.slow
+def test_two_process_step_equals_the_step_of_one_process_on_the_global_batch(data, tmp_path):
+    ddp = spawn2(data, RECIPE, tmp_path / "ddp")  # 6 training images: one global step, 3 images per rank
+
+    # Reference: each rank's shard of the sampler, BatchNorm statistics per shard, the two gradients averaged,
+    # one AdamW step, the running statistics averaged over the ranks.
+    train_set = SegArrays(data, "train")
+    shards = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(train_set, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        sampler.set_epoch(0)
+        items = [train_set[i] for i in sampler]
+        shards.append((as_float(torch.stack([b["image"] for b in items])),
+                       torch.stack([b["label"] for b in items]).long()))
+    set_determinism(5)
+    model = create_model("rwkv_unet_t", in_chans=3, num_classes=2, **KWARGS)
+    optimizer = build_optimizer(model, RECIPE)
+    loss_fn = seg_loss(RECIPE.ce_weight, RECIPE.dice_weight)
+    replicas = [deepcopy(model).train() for _ in shards]
+    losses = [loss_fn(r(x), y) for r, (x, y) in zip(replicas, shards)]
+    for loss in losses:
+        loss.backward()
+    for name, param in model.named_parameters():
+        param.grad = sum(dict(r.named_parameters())[name].grad for r in replicas) / 2
+    optimizer.step()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():  # running statistics and num_batches_tracked
+            buf.copy_(sum(dict(r.named_buffers())[name] for r in replicas) / 2)
+
+    # AdamW's first moment after one step is (1 - beta1) * the averaged gradient.
+    ours, theirs = optimizer.state_dict()["state"], ddp["optimizer"]["state"]
+    assert ours.keys() == theirs.keys()
+    names = [n for n, _ in model.named_parameters()]
+    # Per element, float32 sums in another order (measured: 1.3e-7 at worst, on an entry of 2.8e-5); per tensor, a
+    # relative L2 error of at most 2.5e-5 measured, except where the gradient is float noise (about 1e-9: exactly
+    # 0 in exact arithmetic).
+    for i in ours:
+        torch.testing.assert_close(theirs[i]["exp_avg"], ours[i]["exp_avg"], rtol=1e-2, atol=1e-6,
+                                   msg=lambda m, n=names[i]: f"{n}: {m}")
+        if ours[i]["exp_avg"].norm() > 1e-6:
+            assert ((theirs[i]["exp_avg"] - ours[i]["exp_avg"]).norm() / ours[i]["exp_avg"].norm()) < 1e-4, names[i]
+    # Adam's first step moves a weight by about lr * sign(grad): where the gradient is float noise (0 in exact
+    # arithmetic, e.g. the bias of a norm that a BatchNorm follows) either run may move it either way.
+    grads = {n: ours[i]["exp_avg"] for i, n in enumerate(names)}
+    ref = model.state_dict()
+    for k, v in ddp["model"].items():
+        sure = grads[k].abs() > 1e-7 if k in grads else torch.ones_like(v, dtype=torch.bool)
+        torch.testing.assert_close(v[sure], ref[k][sure], rtol=1e-4, atol=1e-6, msg=k)
+    assert sum(int((grads[n].abs() > 1e-7).sum()) for n in names) > 0.9 * sum(g.numel() for g in grads.values())
+    # the loss is averaged over the ranks; validation (rank 0) scores the averaged model
+    assert ddp["step"] == 1
+    assert ddp["history"][0]["train_loss"] == pytest.approx(((losses[0] + losses[1]) / 2).item(), rel=1e-5)
+    model.load_state_dict(ddp["model"])
+    assert ddp["history"][0]["val_dsc"] == pytest.approx(train_mod._val_dsc(model, data, 6, CPU), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_stopped_two_process_run_resumes_on_two_or_one_processes(data, tmp_path):
+    recipe = replace(RECIPE, epochs=2, batch_size=4)  # 2 images per rank, 2 steps per epoch
+    full = spawn2(data, recipe, tmp_path / "full")
+    stopped = spawn2(data, recipe, tmp_path / "part", stop_after=1)
+    assert stopped["epoch"] == 0 and len(stopped["history"]) == 1 and stopped["step"] == 2
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "last.pt").write_bytes((tmp_path / "part" / "last.pt").read_bytes())
+
+    resumed = spawn2(data, recipe, tmp_path / "part")
+    assert resumed["epoch"] == 1 and resumed["step"] == 4
+    for k, v in full["model"].items():  # the checkpoint holds all the state: resuming changes nothing
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+    assert resumed["history"] == full["history"]
+
+    # on one process: epoch 2 follows the single-process order, from the same epoch-1 state
+    history = fit("rwkv_unet_t", data, recipe, tmp_path / "one", seed=5, device=CPU, model_kwargs=KWARGS)
+    assert list(history["epoch"]) == [1, 2]
+    assert history.iloc[0].to_dict() == pytest.approx(full["history"][0])
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    assert one["epoch"] == 1 and one["step"] == 4
+    assert any((one["model"][k] != v).any() for k, v in full["model"].items() if v.is_floating_point())
+
+
+# ---- the launch decision and the command line --------------------------------------------------------------------
+
+def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch):
+    overrides = {"base.reports_dir": str(tmp_path / "reports"), "base.checkpoints_dir": str(tmp_path / "ck"),
+                 "train.recipes.demo.epochs": 2, "train.recipes.demo.precision": "bf16"}
+    run = cli._run(cli.config.load("params.yaml", **overrides), "demo", "rwkv_unet_t", "attn_none")
+    calls = []
+
+    def fake_run(cmd, check):  # what rank 0 of the torchrun job leaves behind
+        calls.append(cmd)
+        run.history.parent.mkdir(parents=True)
+        pd.DataFrame({"epoch": [1], "lr": [1e-3], "train_loss": [0.5], "val_dsc": [50.0]}).to_csv(run.history)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(cli.runs, "train", lambda *a, **k: pytest.fail("trained in process"))
+    history = cli.launch("params.yaml", "demo", "rwkv_unet_t", "attn_none", overrides, nproc=2)
+    (cmd,) = calls
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    args = cmd[6:]
+    assert args[:10] == ["rwkvlab.train", "--params", "params.yaml", "--dataset", "demo", "--model", "rwkv_unet_t",
+                         "--no-evaluate", "--variant", "attn_none"]
+    assert args[10::2] == ["--set"] * len(overrides)
+    assert cli.parse_overrides(args[11::2]) == overrides  # the children load the same params
+    assert history["val_dsc"].tolist() == [50.0]
+
+
+def test_overrides_are_read_as_yaml():
+    assert cli.parse_overrides(["a.b=2", "c=1.0e-3", "d=[x, 3]", "e=null", "f=bf16", "g=true"]) == {
+        "a.b": 2, "c": 1e-3, "d": ["x", 3], "e": None, "f": "bf16", "g": True}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nowhere", "--model", "rwkv_unet_t"], r"--dataset: no recipe train\.recipes\.nowhere"),
+    (["--dataset", "demo", "--model", "no_such_net"], r"--model: unknown model 'no_such_net'; registered: .*rwkv_unet_t"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--variant", "zz"], r"unknown ablation variant 'zz'"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--set", "train.bogus=1"], r"unknown key\(s\) \['bogus'\]"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--set", "train.recipes.demo.clip_grad=-1"],
+     r"clip_grad must be >= 0"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--set", "epochs"], r"--set expects key=value"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--nproc", "999"], r"--nproc must be between 1 and the"),
+    (["--dataset", "demo", "--model", "rwkv_unet_t", "--set", "train.nproc=999"], r"train\.nproc must be between"),
+])
+def test_command_line_errors_are_one_message(args, message, capsys, monkeypatch):
+    # Stop a run that got past its checks before it trains: each case must fail first.
+    monkeypatch.setattr(cli.runs, "train", lambda *a, **k: pytest.fail("the bad input was not caught"))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
