@@ -44,6 +44,7 @@ from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkp
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.losses import seg_loss
+from rwkvlab.engine.pretrain import load_pretrained_encoder
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
 
@@ -213,8 +214,6 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
     set_determinism(seed)
     model = create_model(model_name, **kwargs)
     if init is not None:
-        from rwkvlab.engine.pretrain import load_pretrained_encoder
-
         load_pretrained_encoder(model, init)
     if recipe.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
