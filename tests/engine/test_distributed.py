@@ -9,7 +9,6 @@ import subprocess
 from copy import deepcopy
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,7 +19,6 @@ from torch.utils.data import DistributedSampler
 
 from rwkvlab import train as cli
 from rwkvlab.config import Recipe
-from rwkvlab.data import Prepared
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.distributed import check_nproc, rank_world, sum_over_ranks, torchrun_command
@@ -35,19 +33,6 @@ RECIPE = Recipe(epochs=1, batch_size=6, lr=1e-3, min_lr=1e-5, weight_decay=1e-4,
                 augment="none")
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    n, h, w = 10, 32, 32
-    masks = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(4, 20, 2)
-        masks[i, r : r + 10, c : c + 10] = 1
-    images = (rng.random((n, h, w, 3)) * 80 + masks[..., None] * 120).astype(np.uint8)
-    return Prepared(dataset="toy", description="toy squares", class_names=("background", "fg"), images=images,
-                    masks=masks, ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool),
-                    sizes=np.full((n, 2), 32), splits={"train": np.arange(6), "val": np.arange(6, 8),
-                                                       "test": np.arange(8, 10)})
 
 
 def _worker(rank, world, port, data, recipe, run_dir, stop_after):

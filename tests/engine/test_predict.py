@@ -44,13 +44,7 @@ def make_checkpoint(path, in_chans, num_classes, intensity, **replace):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards on a shared machine: one thread is ~40x faster than two contending OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

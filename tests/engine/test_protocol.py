@@ -97,13 +97,7 @@ def old_predict_volume(model, volume, size):
     return np.stack([resize_label(p, volume.shape[1:]) for p in predict(model, slices, 4, CPU)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards on a shared machine: one thread is much faster than two contending OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

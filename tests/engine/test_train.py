@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from rwkvlab.config import Recipe
-from rwkvlab.data import Prepared
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.inference import load_trained
 from rwkvlab.engine.losses import seg_loss
@@ -22,19 +21,6 @@ from rwkvlab.models import create_model
 RECIPE = Recipe(epochs=3, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    n, h, w = 10, 32, 32
-    masks = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(4, 20, 2)
-        masks[i, r : r + 10, c : c + 10] = 1
-    images = (rng.random((n, h, w, 3)) * 80 + masks[..., None] * 120).astype(np.uint8)
-    return Prepared(dataset="toy", description="toy squares", class_names=("background", "fg"), images=images,
-                    masks=masks, ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool),
-                    sizes=np.full((n, 2), 32), splits={"train": np.arange(6), "val": np.arange(6, 8),
-                                                       "test": np.arange(8, 10)})
 
 
 def run(data, run_dir, **kw):
