@@ -1,10 +1,35 @@
-"""The input contract every baseline checks in ``forward``: channel count and size rule."""
+"""What the baselines share: the input contract checked in ``forward`` and the conv decoder block."""
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-__all__ = ["check_input"]
+from rwkvlab.models.layers import ConvBNAct
+
+__all__ = ["check_input", "UpConvBlock"]
+
+
+class UpConvBlock(nn.Module):
+    """Bilinear x2, concatenate the skip if any (decoder feature first), two conv 3x3 + BN + ReLU.
+
+    Args:
+        in_chs: channels of the decoder feature.
+        skip_chs: channels of the skip (0 when none is passed).
+        out_chs: output channels.
+        align_corners: of the upsampling (TransUNet's cascaded upsampler aligns them, the R50 U-Net does not).
+    """
+
+    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, align_corners: bool = False) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners)
+        self.conv = nn.Sequential(ConvBNAct(in_chs + skip_chs, out_chs, 3, bn_eps=1e-5),
+                                  ConvBNAct(out_chs, out_chs, 3, bn_eps=1e-5))
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """x: (N, in_chs, H, W), skip: (N, skip_chs, 2H, 2W) or None -> (N, out_chs, 2H, 2W)."""
+        x = self.up(x)
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
 
 
 def check_input(x: Tensor, in_chans: int, size_divisor: int, who: str) -> None:

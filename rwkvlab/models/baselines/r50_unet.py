@@ -12,29 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import check_input
+from rwkvlab.models.baselines._base import UpConvBlock, check_input
 from rwkvlab.models.layers import ConvBNAct
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["R50UNet"]
-
-
-class _UpBlock(nn.Module):
-    """Bilinear x2, concatenate the skip (decoder feature first), two conv 3x3 + BN + ReLU."""
-
-    def __init__(self, in_chs: int, skip_chs: int, out_chs: int) -> None:
-        super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.conv = nn.Sequential(ConvBNAct(in_chs + skip_chs, out_chs, 3, bn_eps=1e-5),
-                                  ConvBNAct(out_chs, out_chs, 3, bn_eps=1e-5))
-
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
 class R50UNet(nn.Module):
@@ -77,7 +63,7 @@ class R50UNet(nn.Module):
         self.size_divisor = reductions[-1]
         self.bottleneck = ConvBNAct(chs[-1], decoder_widths[0], 1, bn_eps=1e-5)
         ins = [decoder_widths[0], *decoder_widths[:-1]]
-        self.decoder = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, reversed(chs[:-1]), decoder_widths))
+        self.decoder = nn.ModuleList(UpConvBlock(i, s, o, align_corners=False) for i, s, o in zip(ins, reversed(chs[:-1]), decoder_widths))
         self.final_up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.head = nn.Conv2d(decoder_widths[-1], num_classes, 1)
 

@@ -17,31 +17,16 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import check_input
+from rwkvlab.models.baselines._base import UpConvBlock, check_input
 from rwkvlab.models.layers import ConvBNAct
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TransUNet"]
-
-
-class _CupBlock(nn.Module):
-    """TransUNet's ``DecoderBlock``: bilinear x2 (aligned corners), concatenate the skip if any, two conv 3x3."""
-
-    def __init__(self, in_chs: int, skip_chs: int, out_chs: int) -> None:
-        super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
-        self.conv = nn.Sequential(ConvBNAct(in_chs + skip_chs, out_chs, 3, bn_eps=1e-5),
-                                  ConvBNAct(out_chs, out_chs, 3, bn_eps=1e-5))
-
-    def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
-        x = self.up(x)
-        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
 
 
 class TransUNet(nn.Module):
@@ -86,7 +71,7 @@ class TransUNet(nn.Module):
         self.conv_more = ConvBNAct(self.vit.embed_dim, 512, 3, bn_eps=1e-5)
         ins = [512, *decoder_widths[:-1]]
         skips = [*reversed(skip_chs), 0]
-        self.decoder = nn.ModuleList(_CupBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_widths))
+        self.decoder = nn.ModuleList(UpConvBlock(i, s, o, align_corners=True) for i, s, o in zip(ins, skips, decoder_widths))
         self.head = nn.Conv2d(decoder_widths[-1], num_classes, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
