@@ -604,8 +604,10 @@ def bench_metrics(volumes: int = 1, spacing: Sequence[float] | None = None) -> N
               f"x{whole_s / boxed_s:.0f}, bit-identical: {same}")
     if volumes > 1:
         start = time.perf_counter()
-        evaluate_cases([p for p, _ in cases], [g for _, g in cases], [str(i) for i in range(volumes)], names, spacing)
-        print(f"  evaluate_cases, {volumes} volumes in parallel: {time.perf_counter() - start:.1f} s")
+        evaluate_cases([p for p, _ in cases], [g for _, g in cases], [str(i) for i in range(volumes)], names,
+                       [spacing] * volumes)
+        print(f"  evaluate_cases, {volumes} volumes in parallel (voxels{' and mm' if spacing else ''}): "
+              f"{time.perf_counter() - start:.1f} s")
     if mismatches:
         raise SystemExit(f"boxed metrics differ from the whole-volume ones on volumes {mismatches}")
 

@@ -224,12 +224,15 @@ def test_evaluate_cases_parallel_matches_serial():
     preds = [np.where(rng.random(g.shape) < 0.1, rng.integers(0, 3, g.shape), g).astype(np.uint8) for g in gts]
     ids = ["case7", "case2", "case9", "case1", "case4"]  # not sorted: rows must keep the given order
     names = ("background", "liver", "spleen")
-    serial = evaluate_cases(preds, gts, ids, names, spacing=(2.0, 0.8, 0.8), workers=1)
-    parallel = evaluate_cases(preds, gts, ids, names, spacing=(2.0, 0.8, 0.8), workers=2)
+    spacings = [(2.0, 0.8, 0.8), None, (2.0, 0.8, 0.8), (1.5, 0.7, 0.9), None]
+    serial = evaluate_cases(preds, gts, ids, names, spacings, workers=1)
+    parallel = evaluate_cases(preds, gts, ids, names, spacings, workers=2)
     pd.testing.assert_frame_equal(parallel, serial, check_exact=True)
-    expected = [(cid, name, *ref_case_metrics(p, g, 3, (2.0, 0.8, 0.8))[k])
-                for cid, p, g in zip(ids, preds, gts) for k, name in enumerate(names[1:])]
-    assert [tuple(r) for r in serial.itertuples(index=False)] == expected
+    # hd95 in voxels always, hd95 in mm where the case has a spacing (NaN compares unequal: replaced by None)
+    expected = [(cid, name, *ref_case_metrics(p, g, 3)[k], None if s is None else ref_case_metrics(p, g, 3, s)[k, 1])
+                for cid, p, g, s in zip(ids, preds, gts, spacings) for k, name in enumerate(names[1:])]
+    assert [tuple(None if isinstance(v, float) and np.isnan(v) else v for v in r)
+            for r in serial.itertuples(index=False)] == expected
     with pytest.raises(ValueError, match="workers"):
         evaluate_cases(preds, gts, ids, names, workers=0)
     with pytest.raises(ValueError, match="must match in number"):

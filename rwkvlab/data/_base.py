@@ -14,7 +14,8 @@ from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Problem", "pair_folder", "read_image", "read_mask", "make_split", "write_split"]
+__all__ = ["DataError", "Problem", "pair_folder", "read_image", "read_mask", "check_spacing", "make_split",
+           "write_split"]
 
 # 16-bit grey -> 8 bit: v / 257 maps 0..65535 onto 0..255 exactly (the reduction libpng and PIL apply).
 # A fixed factor keeps intensities comparable between images; scaling each image by its own range
@@ -181,6 +182,20 @@ def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[
         if value < lut.size:
             lut[value] = cls
     return lut[raw]
+
+
+def check_spacing(values: Sequence[float] | np.ndarray, where: Path | str) -> tuple[float, float, float]:
+    """A volume's voxel spacing as three floats (mm along its (D, H, W) axes).
+
+    Raises:
+        DataError: naming ``where`` unless ``values`` are three finite positive numbers.
+    """
+    array = np.asarray(values)
+    if (array.shape != (3,) or array.dtype.kind not in "iuf"
+            or not (np.isfinite(array) & (array > 0)).all()):
+        raise DataError(f"{where}: spacing {array.tolist()!r} is not three positive finite numbers "
+                        f"(mm along the volume's D, H, W axes)")
+    return tuple(float(v) for v in array)
 
 
 def make_split(ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:

@@ -10,19 +10,21 @@ Recipes (``train.recipes.<dataset>.augment`` in ``params.yaml``):
   back to the training size with nearest neighbour for image and label, as the authors do.
 
 :class:`TwoViews` makes the two views of an unlabelled image that FUGC's consistency loss compares,
-with geometry (rot90, flip) that :func:`invert_view` undoes exactly on the predictions.
+with geometry (rot90, flip) that :func:`invert_view` undoes exactly on the predictions;
+:func:`batch_consistency_loss` is :func:`consistency_loss` over a batch, each image with its own views.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
+import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import get_track_meta, set_track_meta
 
-__all__ = ["train_transforms", "TwoViews", "invert_view", "consistency_loss"]
+__all__ = ["train_transforms", "TwoViews", "invert_view", "consistency_loss", "batch_consistency_loss"]
 
 Recipe = Literal["none", "light", "acdc"]
 KEYS = ("image", "label")
@@ -80,10 +82,19 @@ class TwoViews(mt.Randomizable):
     """
 
     def __init__(self, seed: int = 0) -> None:
+        self.intensity = _WithoutMeta([mt.RandScaleIntensity(factors=0.2, prob=0.5),
+                                       mt.RandAdjustContrast(gamma=(0.8, 1.25), prob=0.5)])
         self.set_random_state(seed)
-        self.intensity = mt.Compose([mt.RandScaleIntensity(factors=0.2, prob=0.5),
-                                     mt.RandAdjustContrast(gamma=(0.8, 1.25), prob=0.5)])
-        self.intensity.set_random_state(seed + 1)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViews:
+        """Seed the geometry with ``seed`` and the brightness/contrast with ``seed + 1``.
+
+        Both, so that re-seeding every epoch (as the training loop does) replays the views exactly; with
+        ``state`` instead, the brightness/contrast is seeded from a draw of it.
+        """
+        super().set_random_state(seed, state)
+        self.intensity.set_random_state(seed + 1 if seed is not None else int(self.R.randint(2**31)))
+        return self
 
     def randomize(self, square: bool) -> tuple[int, bool]:
         return (int(self.R.randint(4)) if square else 2 * int(self.R.randint(2)), bool(self.R.randint(2)))
@@ -116,4 +127,34 @@ def consistency_loss(pred1: torch.Tensor, pred2: torch.Tensor, geom1: tuple[int,
     """
     p1 = invert_view(torch.softmax(pred1, 0), geom1)
     p2 = invert_view(torch.softmax(pred2, 0), geom2)
+    return torch.mean((p1 - p2) ** 2)
+
+
+def _invert_batch(x: torch.Tensor, geom: tuple[Sequence[int], Sequence[bool]]) -> torch.Tensor:
+    """:func:`invert_view` of each map of ``x`` (N, ..., H, W) with its own geometry; one call per distinct one."""
+    ks, flips = (torch.as_tensor(g).reshape(-1).tolist() for g in geom)
+    if not len(ks) == len(flips) == len(x):
+        raise ValueError(f"geometry of {len(ks)} rotations and {len(flips)} flips for a batch of {len(x)} maps; "
+                         f"expected one (k, flip) per map")
+    per_map = list(zip(ks, flips))
+    groups = sorted(set(per_map))
+    members = [[i for i, g in enumerate(per_map) if g == group] for group in groups]
+    inverted = torch.cat([invert_view(x[idx], group) for group, idx in zip(groups, members)])
+    order = torch.tensor([i for idx in members for i in idx], device=x.device)
+    return inverted[torch.argsort(order)]
+
+
+def batch_consistency_loss(pred1: torch.Tensor, pred2: torch.Tensor, geom1: tuple[Sequence[int], Sequence[bool]],
+                           geom2: tuple[Sequence[int], Sequence[bool]]) -> torch.Tensor:
+    """The mean over a batch of :func:`consistency_loss`, each image's views inverted with their own geometry.
+
+    Exact: the inversions are permutations of the pixels, and with every image the same size the mean of
+    the per-image means is the mean over the batch.
+
+    Shape:
+        pred1, pred2: logits (N, K, H, W) of the two views; geom1, geom2: ``(k, flip)`` each of length N, as a
+        ``DataLoader`` collates the geometries of :class:`TwoViews` -> scalar.
+    """
+    p1 = _invert_batch(torch.softmax(pred1, 1), geom1)
+    p2 = _invert_batch(torch.softmax(pred2, 1), geom2)
     return torch.mean((p1 - p2) ** 2)

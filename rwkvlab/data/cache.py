@@ -13,7 +13,9 @@ preparing twice gives identical bytes):
   float32, not float16 as the 2D items: the protocol must give TransUNet's bits, and TransUNet reads
   the float32 HDF5 volumes. That costs 2 more bytes per voxel: about +0.8 GB for Synapse's 12 test
   volumes (~1,570 slices of 512 x 512: 1.6 GB instead of 0.8 GB), roughly +70 MB for ACDC's 60
-  validation and test volumes.
+  validation and test volumes. ``volume_spacings`` (M, 3) float64: each volume's voxel size in mm along
+  its (D, H, W) axes where the reader found one (ACDC's NIfTI release, the synthetic Synapse demo), NaN
+  where not (TransUNet's and SSL4MIS's h5 files carry none); caches written before it read as no spacing.
 * Attributes ``dataset``, ``description``, ``class_names`` and ``skipped`` (JSON, case id -> problem,
   of the cases left out by ``skip_invalid``; ``{}`` when none).
 
@@ -34,7 +36,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rwkvlab.data._base import DataError, write_split
+from rwkvlab.data._base import DataError, check_spacing, write_split
 from rwkvlab.data.reader import Case, Reader, iter_valid
 from rwkvlab.io import atomic_write
 
@@ -86,7 +88,8 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
 
     Args:
         reader: the dataset over its raw folder.
-        size: (H, W) of the 2D items, multiples of 16.
+        size: (H, W) of the 2D items, positive. The size rule of a model (``size_divisor``) is checked
+            where a model meets the data (:func:`rwkvlab.engine.inference.check_image_size`), not here.
         out: the ``.h5`` file to write.
         splits_dir: folder of the split files.
         seeds: one split file per seed.
@@ -97,11 +100,11 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
             belong to no single case), or naming a split that skipping left empty.
     """
     h, w = size
-    if h % 16 or w % 16:
-        raise ValueError(f"prepare.image_size must be multiples of 16 (RWKV-UNet), got {h}x{w}")
+    if h < 1 or w < 1:
+        raise ValueError(f"prepare.image_size must be two positive integers (H, W), got {h}x{w}")
     problems: list[str] = []
     images, masks, ids, groups, labelled, sizes, cases = [], [], [], [], [], [], []
-    vol_ids, vol_shapes, vol_images, vol_labels = [], [], [], []
+    vol_ids, vol_shapes, vol_images, vol_labels, vol_spacings = [], [], [], [], []
     scanned: list[Case] = []
     for case, sample in iter_valid(reader, problems, scanned):
         cases.append(case)
@@ -112,6 +115,8 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
             vol_shapes.append(sample.image.shape)
             vol_images.append(sample.image.astype(np.float32).ravel())
             vol_labels.append(label.astype(np.uint8).ravel())
+            vol_spacings.append((np.nan,) * 3 if sample.spacing is None
+                                else check_spacing(sample.spacing, case.files[0] if case.files else case.case_id))
             continue
         sizes.append(spatial)
         img = resize_image(sample.image, size)
@@ -159,6 +164,7 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
                 if vol_images else np.zeros(0, np.int64))
             put("volume_images", np.concatenate(vol_images) if vol_images else np.zeros(0, np.float32))
             put("volume_labels", np.concatenate(vol_labels) if vol_labels else np.zeros(0, np.uint8))
+            put("volume_spacings", np.array(vol_spacings, dtype=np.float64).reshape(-1, 3))
             f.attrs["dataset"] = reader.name
             f.attrs["class_names"] = json.dumps(list(reader.class_names))
             f.attrs["description"] = reader.description
@@ -179,6 +185,8 @@ class Prepared:
 
     ``images``/``masks``/``ids`` hold the 2D items; ``splits[name]`` indexes them, and
     ``volume_splits[name]`` lists the volume ids of a split (evaluated with the volume protocol).
+    ``spacings[volume id]`` is a volume's voxel size in mm along its (D, H, W) axes, for the volumes
+    whose files carry one.
     """
 
     dataset: str
@@ -192,6 +200,7 @@ class Prepared:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     volume_splits: dict[str, list[str]] = field(default_factory=dict)
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    spacings: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # case id -> problem, left out by skip_invalid
 
     @property
@@ -225,6 +234,9 @@ def load_prepared(cache: Path, split_file: Path) -> Prepared:
             n = int(np.prod(shape))
             data.volumes[vid] = (f["volume_images"][offset : offset + n].reshape(shape),
                                  f["volume_labels"][offset : offset + n].reshape(shape))
+        spacings = f["volume_spacings"][()] if "volume_spacings" in f else np.full((len(vol_ids), 3), np.nan)
+        data.spacings = {vid: tuple(float(v) for v in row) for vid, row in zip(vol_ids, spacings)
+                         if not np.isnan(row).any()}
     index = {cid: i for i, cid in enumerate(data.ids.tolist())}
     for name, members in json.loads(split_file.read_text()).items():
         unknown = sorted(set(members) - set(index) - set(data.volumes))

@@ -63,11 +63,13 @@ class Sample:
 
     ``image``: uint8 (H, W, 3) for colour photographs, or float32 in [0, 1] of shape (H, W) for a
     grey 2D case and (D, H, W) for a volume. ``label``: uint8 class indices of the image's spatial
-    shape, or ``None`` for an unlabelled case.
+    shape, or ``None`` for an unlabelled case. ``spacing``: a volume's voxel size in mm along its
+    (D, H, W) axes, where the files carry one (HD95 in mm, SPEC §7); ``None`` otherwise.
     """
 
     image: np.ndarray
     label: np.ndarray | None
+    spacing: tuple[float, float, float] | None = None
 
 
 class Reader(ABC):

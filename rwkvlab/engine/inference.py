@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -29,7 +29,7 @@ from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
+__all__ = ["resolve_device", "check_image_size", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
            "PHOTO_SUFFIXES", "NIFTI_SUFFIXES", "ARRAY_SUFFIXES", "NIFTI_SLICE_AXIS", "input_kind",
            "Mode", "load_for_prediction", "read_input", "predict_image", "predict_slices"]
 
@@ -50,6 +50,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_image_size(model: torch.nn.Module, size: Sequence[int], where: str) -> None:
+    """Raise unless ``size`` (H, W) obeys the input-size rule ``model`` declares as ``size_divisor``.
+
+    The rule belongs to the model (16 for RWKV-UNet, 32 for Swin-UNet, the window for MaxViT encoders), so the
+    data layer prepares any positive size and this check runs where a model meets the data.
+
+    Args:
+        model: a model of the zoo; one without ``size_divisor`` takes any size.
+        size: (H, W).
+        where: the setting or file the size comes from, for the message (e.g. ``prepare.image_size.demo``).
+
+    Raises:
+        ValueError: naming ``where``, the size, the model and its ``size_divisor``.
+    """
+    divisor = getattr(model, "size_divisor", 1)
+    h, w = size
+    if h % divisor or w % divisor:
+        raise ValueError(f"{where}: image size {h}x{w} is not a multiple of {type(model).__name__}'s size_divisor "
+                         f"{divisor}; choose H and W divisible by {divisor}")
 
 
 def model_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> torch.nn.Module:
@@ -76,7 +97,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device:
     """Label maps of cached 2D images.
 
     Shape:
-        images (N, H, W, C), uint8 or float in [0, 1], H and W multiples of 16 -> (N, H, W) uint8 labels.
+        images (N, H, W, C), uint8 or float in [0, 1], H and W obeying the model's size rule
+        (:func:`check_image_size`) -> (N, H, W) uint8 labels.
     """
     model.eval()
     out = []
@@ -190,9 +212,7 @@ def load_for_prediction(path: Path, device: torch.device) -> tuple[torch.nn.Modu
         raise ValueError(f"{path}: cannot rebuild {state['model_name']} {state['model_kwargs']} from it "
                          f"({first})") from e
     h, w = meta["image_size"]
-    divisor = getattr(model, "size_divisor", 1)
-    if h % divisor or w % divisor:
-        raise ValueError(f"{path}: training size {h}x{w} is not a multiple of the model's size_divisor {divisor}")
+    check_image_size(model, (h, w), f"{path}: training size (meta image_size)")
     logger.info("%s: %s for %s (%s), trained at %dx%d, %d classes", path, state["model_name"], meta["dataset"],
                 meta["intensity"], h, w, len(meta["class_names"]))
     return model.to(device).eval(), meta

@@ -247,7 +247,7 @@ def test_acdc_no_layout(tmp_path):
     (tmp_path / "acdc" / "patients").mkdir(parents=True)
     message = only_problem("acdc", tmp_path / "acdc")
     assert message.startswith(f"{tmp_path / 'acdc'}: neither ACDC_training_slices/ + ACDC_training_volumes/ "
-                              f"(WSL4MIS) nor data/ (SSL4MIS) found")
+                              f"(WSL4MIS) nor data/ (SSL4MIS) nor training/ (the NIfTI release) found")
 
 
 def test_acdc_flat_misnamed_file(tmp_path):

@@ -3,6 +3,10 @@
 Training uses the 2D slices of the 18 volumes in ``lists_Synapse/train.txt``; evaluation the 12 volumes
 in ``lists_Synapse/test_vol.txt`` (SPEC §7). There is no validation split: the paper tests the last epoch.
 Files present but not listed are ignored, as TransUNet's loader does.
+
+TransUNet's files carry no voxel size, so HD95 of Synapse is in voxels only. A test volume may hold an
+optional ``spacing`` dataset (mm along its D, H, W axes), which is then kept for HD95 in mm; the synthetic
+demo set writes one, the published files have none.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import logging
 import re
 from pathlib import Path
 
-from rwkvlab.data.reader import Case, register_reader
+import h5py
+
+from rwkvlab.data._base import DataError, check_spacing
+from rwkvlab.data.reader import Case, Sample, register_reader
 from rwkvlab.data.readers._multiclass import ArrayFileReader, log_counts
 
 logger = logging.getLogger(__name__)
@@ -37,7 +44,8 @@ class Synapse(ArrayFileReader):
                    "8 organs, 18 training volumes as slices, 12 test volumes")
     layout = """
     train_npz/case<XXXX>_slice<YYY>.npz   arrays image (H, W) float in [0, 1], label (H, W) class indices
-    test_vol_h5/case<XXXX>.npy.h5         datasets image (D, H, W) float in [0, 1], label (D, H, W)
+    test_vol_h5/case<XXXX>.npy.h5         datasets image (D, H, W) float in [0, 1], label (D, H, W),
+                                          optional spacing (3,): mm along D, H, W (not in TransUNet's files)
     lists_Synapse/train.txt               one training slice per line, e.g. case0005_slice000
     lists_Synapse/test_vol.txt            one test volume per line, e.g. case0001
     """
@@ -56,6 +64,12 @@ class Synapse(ArrayFileReader):
         cases = train + test
         log_counts(self, cases, self.published)
         return cases
+
+    def load(self, case: Case) -> Sample:
+        sample = super().load(case)
+        if case.kind == "volume":
+            sample.spacing = _optional_spacing(case.files[0])
+        return sample
 
     def _listed(self, problems: list[str], list_name: str, folder: str, suffix: str,
                 entry: tuple[re.Pattern, str]) -> list[tuple[str, Path]]:
@@ -80,3 +94,14 @@ class Synapse(ArrayFileReader):
             else:
                 listed.append((name, path))
         return listed
+
+
+def _optional_spacing(path: Path) -> tuple[float, float, float] | None:
+    """The ``spacing`` dataset of a test volume's HDF5 file, ``None`` when it has none (TransUNet's files)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            found = h5.get("spacing")
+            values = found[()] if isinstance(found, h5py.Dataset) else None
+    except OSError as e:
+        raise DataError(f"{path}: unreadable or truncated ({type(e).__name__}: {e})") from e
+    return None if values is None else check_spacing(values, path)

@@ -9,7 +9,9 @@ from a seed, by::
 
 The default set (6 training volumes as 72 slices, 2 test volumes, 12 slices of 96x96, about 7 MB) is
 sized for a short training run on a CPU. The ``synapse_demo`` reader reads it with the Synapse reader's
-code, so the demo exercises the same layout checks, slice training and volume evaluation.
+code, so the demo exercises the same layout checks, slice training and volume evaluation. Its test volumes
+also state a voxel size, :data:`SPACING`, in the optional ``spacing`` dataset the Synapse reader reads,
+so that the demo reports HD95 in mm too; it is a stated value for a synthetic volume, not a measurement.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SynapseDemo", "generate", "CLASS_NAMES"]
+__all__ = ["SynapseDemo", "generate", "CLASS_NAMES", "SPACING"]
 
 CLASS_NAMES = ("background", "liver_like", "spleen_like", "kidney_like", "aorta_like")
 
+# Stated voxel size (mm along z, y, x): 5 mm slices, 4 mm pixels, so that a 96 x 96 slice spans 384 mm,
+# an abdominal CT's field of view; anisotropic like CT, so that mm and voxel HD95 differ in kind.
+SPACING = (5.0, 4.0, 4.0)
 _BODY = 0.30  # mean intensity of the soft tissue inside the body outline
 # label, mean intensity, centre (z, y, x) and radii (z, y, x), as fractions of the volume's extent;
 # the kidney is two ellipsoids and the aorta a tube through every slice.
@@ -130,7 +135,8 @@ def generate(out: Path, seed: int = 0, n_train: int = 6, n_test: int = 2, depth:
         else:
             test_names.append(case)
             atomic_write(out / "test_vol_h5" / f"{case}.npy.h5",
-                         lambda p: _save_h5(p, {"image": image, "label": label}))
+                         lambda p: _save_h5(p, {"image": image, "label": label,
+                                                "spacing": np.array(SPACING, np.float64)}))
     for list_name, names in (("train.txt", train_names), ("test_vol.txt", test_names)):
         atomic_write(out / "lists_Synapse" / list_name, lambda p, names=names: p.write_text("\n".join(names) + "\n"))
     classes = ", ".join(f"{i} {name}" for i, name in enumerate(CLASS_NAMES))
@@ -140,6 +146,7 @@ def generate(out: Path, seed: int = 0, n_train: int = 6, n_test: int = 2, depth:
               f"reader `synapse_demo`.\n\n- classes: {classes}\n- train: {n_train} volumes as {len(train_names)} "
               f"slices in `train_npz/` (`lists_Synapse/train.txt`)\n- test: {n_test} volumes in `test_vol_h5/` "
               f"(`lists_Synapse/test_vol.txt`)\n- each volume: {depth} slices of {size}x{size}, image float32 in "
-              f"[0, 1], label float32 class indices\n")
+              f"[0, 1], label float32 class indices; test volumes state a voxel size `spacing` (z, y, x) of "
+              f"{' x '.join(map(str, SPACING))} mm (synthetic, for HD95 in mm)\n")
     atomic_write(out / "README.md", lambda p: p.write_text(readme))
     logger.info("wrote the synthetic Synapse-like set (seed %d) to %s", seed, out)
