@@ -13,15 +13,26 @@ with torch's ``RandomSampler`` drawn right after that seeding; ``W >= 2`` ranks 
 ``W`` ways; the last step is padded with the permutation's first samples so every rank has as many).
 The checkpoint holds no per-rank state, so a run resumes on any number of ranks; the epochs after the
 resume follow the order and seeds of the new ``W``.
+
+Semi-supervised runs (``recipe.consistency_weight > 0``, FUGC, SPEC §6). The unlabelled pool is the
+split ``recipe.unlabelled`` plus the ``recipe.unlabelled_fraction`` of ``train`` that loses its labels
+(:func:`unlabelled_pool`). An epoch is still one pass over the labelled loader; each of its steps also
+takes ``batch_size`` unlabelled images, the pool cycled: epoch ``e`` strings together permutations of the
+pool drawn with ``(seed, e)`` and global step ``j`` takes its images ``j*B .. (j+1)*B - 1``, split over
+the ranks by a ``DistributedSampler`` as the labelled batch is, so that this order too is the same for
+every ``W`` (:func:`unlabelled_order`). Every unlabelled image gets two :class:`TwoViews` views, seeded
+per epoch and rank like the labelled augmentation, and the step minimises the supervised loss plus
+``w(t) * batch_consistency_loss`` (:func:`semisup_step`, :func:`consistency_ramp`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,12 +48,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from rwkvlab.config import Recipe
-from rwkvlab.data.augment import train_transforms
+from rwkvlab.data.augment import TwoViews, batch_consistency_loss, train_transforms
 from rwkvlab.data.cache import Prepared
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
+from rwkvlab.engine.inference import check_image_size
 from rwkvlab.engine.losses import seg_loss
 from rwkvlab.engine.pretrain import load_pretrained_encoder
 from rwkvlab.io import atomic_write
@@ -50,10 +62,11 @@ from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit", "train_step", "build_optimizer", "check_recipe", "NonFiniteLossError", "data_fingerprint",
-           "model_kwargs_for"]
+__all__ = ["fit", "train_step", "semisup_step", "build_optimizer", "check_recipe", "NonFiniteLossError",
+           "data_fingerprint", "model_kwargs_for", "consistency_ramp", "unlabelled_pool", "unlabelled_order"]
 
-_HISTORY = ["epoch", "lr", "train_loss", "val_dsc"]
+# consistency comes last so that the CSVs of supervised runs written before it keep their columns' places
+_HISTORY = ["epoch", "lr", "train_loss", "val_dsc", "consistency"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +111,8 @@ def check_recipe(recipe: Recipe, world: int, device: torch.device) -> None:
     Raises:
         ValueError: naming the recipe field: a global batch that does not split evenly over the ranks,
             ``sync_bn`` on a backend without SyncBatchNorm (the CPU), bf16 on a GPU without it, a negative
-            ``clip_grad`` or ``val_every``.
+            ``clip_grad``, ``val_every``, ``consistency_weight`` or ``consistency_rampup``, an
+            ``unlabelled_fraction`` outside [0, 1), or a consistency weight without unlabelled images.
     """
     if recipe.batch_size % world:
         raise ValueError(f"recipe batch_size {recipe.batch_size} (the global batch) must be divisible by the number "
@@ -112,6 +126,18 @@ def check_recipe(recipe: Recipe, world: int, device: torch.device) -> None:
         raise ValueError(f"recipe clip_grad must be >= 0 (0: no clipping), got {recipe.clip_grad}")
     if recipe.val_every < 0:
         raise ValueError(f"recipe val_every must be >= 0 (0: validate once per epoch), got {recipe.val_every}")
+    if not recipe.consistency_weight >= 0:
+        raise ValueError(f"recipe consistency_weight must be >= 0 (0: supervised only), got "
+                         f"{recipe.consistency_weight}")
+    if recipe.consistency_rampup < 0:
+        raise ValueError(f"recipe consistency_rampup must be >= 0 epochs (0: the full weight from the start), got "
+                         f"{recipe.consistency_rampup}")
+    if not 0 <= recipe.unlabelled_fraction < 1:
+        raise ValueError(f"recipe unlabelled_fraction must be in [0, 1) (the share of train that loses its labels), "
+                         f"got {recipe.unlabelled_fraction}")
+    if recipe.consistency_weight > 0 and recipe.unlabelled is None and recipe.unlabelled_fraction == 0:
+        raise ValueError(f"recipe consistency_weight {recipe.consistency_weight} needs unlabelled images: set "
+                         f"unlabelled (a split of unlabelled images) or unlabelled_fraction (> 0)")
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
@@ -125,6 +151,109 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
+def consistency_ramp(recipe: Recipe, progress: float) -> float:
+    """The consistency weight after ``progress`` epochs of training (fractional: it advances every optimizer step).
+
+    ``consistency_weight * exp(-5 (1 - t)^2)`` with ``t = min(progress / consistency_rampup, 1)``, the
+    sigmoid-shaped ramp-up of Laine & Aila (ICLR 2017) and the mean teacher; the full weight from the
+    start when ``consistency_rampup`` is 0.
+    """
+    if recipe.consistency_rampup == 0:
+        return recipe.consistency_weight
+    t = min(progress / recipe.consistency_rampup, 1.0)
+    return recipe.consistency_weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def unlabelled_pool(data: Prepared, recipe: Recipe, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled training items (in the split's order) and the unlabelled pool (sorted), as indices into ``images``.
+
+    The pool is the split ``recipe.unlabelled`` plus ``round(unlabelled_fraction * n)`` (at most ``n - 1``)
+    of the ``n`` items of ``train``, drawn without replacement with ``seed``; those lose their labels and
+    the rest of ``train`` is the labelled set. No labelled item is ever in the pool.
+
+    Raises:
+        ValueError: naming the recipe field: a split ``unlabelled`` that the dataset lacks or that shares
+            items with ``train``, or no unlabelled image at all while ``consistency_weight`` is positive.
+    """
+    train = data.splits["train"]
+    k = min(round(recipe.unlabelled_fraction * len(train)), max(len(train) - 1, 0))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    lost = np.zeros(len(train), bool)
+    lost[rng.choice(len(train), size=k, replace=False)] = True
+    pool = train[lost]
+    if recipe.unlabelled is not None:
+        if recipe.unlabelled not in data.splits:
+            raise ValueError(f"recipe unlabelled: dataset {data.dataset} has no split {recipe.unlabelled!r}; "
+                             f"splits: {sorted(data.splits)}")
+        named = np.sort(data.splits[recipe.unlabelled])
+        shared = np.intersect1d(named, train)
+        if len(shared):
+            raise ValueError(f"recipe unlabelled: split {recipe.unlabelled!r} shares {len(shared)} item(s) with the "
+                             f"train split (e.g. {data.ids[shared[0]]}); name a split of unlabelled images only, "
+                             f"or use unlabelled_fraction to unlabel part of train")
+        pool = np.sort(np.concatenate([pool, named]))
+    if recipe.consistency_weight > 0 and not len(pool):
+        raise ValueError(f"recipe consistency_weight {recipe.consistency_weight}: no unlabelled image in "
+                         f"{data.dataset} (split unlabelled: {recipe.unlabelled!r}; unlabelled_fraction "
+                         f"{recipe.unlabelled_fraction} of {len(train)} train items rounds to {k})")
+    return train[~lost], pool
+
+
+def unlabelled_order(pool_size: int, steps: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """Positions in the pool for ``steps`` global batches of ``batch_size`` in ``epoch``: consecutive permutations.
+
+    Each pass over the pool is a fresh permutation drawn with ``(seed, epoch)``, cut where the epoch's
+    ``steps * batch_size`` images are reached; no image comes twice before every image has come once.
+    """
+    need = steps * batch_size
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, epoch)))
+    return np.concatenate([rng.permutation(pool_size) for _ in range(-(-need // pool_size))])[:need]
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A seed for random stream ``stream`` of ``seed``, uncorrelated with the stream that ``seed`` itself starts."""
+    return int(np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1)[0])
+
+
+class _Views(Dataset):
+    """The two :class:`TwoViews` views of the listed images, in the order listed; their labels never leave it."""
+
+    def __init__(self, data: Prepared, index: np.ndarray, views: TwoViews) -> None:
+        self.data, self.index, self.views = data, index, views
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = self.views({"image": as_float(torch.from_numpy(self.data.images[self.index[i]]).permute(2, 0, 1))})
+        return {k: out[k] for k in ("view1", "view2", "geom1", "geom2")}
+
+
+def _forward(net: nn.Module, images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """Logits (float32) with the recipe's memory format and precision."""
+    if recipe.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+        return net(images).float()
+
+
+def _update(net: nn.Module, optimizer: torch.optim.Optimizer, objective: torch.Tensor, terms: torch.Tensor,
+            recipe: Recipe) -> list[float]:
+    """Average ``terms`` over the ranks; unless one is non-finite (on any rank), one optimizer step on ``objective``."""
+    values = terms.detach().tolist()
+    world = rank_world()[1]
+    if world > 1:
+        values = [v / world for v in sum_over_ranks(values, objective.device)]
+    if not all(math.isfinite(v) for v in values):
+        return values
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    if recipe.clip_grad > 0:
+        nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
+    optimizer.step()
+    return values
+
+
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor, torch.Tensor],
                torch.Tensor], images: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> float:
     """One optimizer step on this rank's share of the global batch; returns the loss averaged over the ranks.
@@ -136,23 +265,35 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callab
     Shape:
         images (N, C, H, W) float in [0, 1], labels (N, 1, H, W) integer classes; N = batch_size / world.
     """
-    if recipe.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-        logits = net(images)
-    loss = loss_fn(logits.float(), labels)
-    value = loss.item()
-    world = rank_world()[1]
-    if world > 1:
-        value = sum_over_ranks([value], images.device)[0] / world
-    if not math.isfinite(value):
-        return value
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if recipe.clip_grad > 0:
-        nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
-    optimizer.step()
-    return value
+    loss = loss_fn(_forward(net, images, recipe), labels)
+    return _update(net, optimizer, loss, loss[None], recipe)[0]
+
+
+def semisup_step(net: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 labels: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor,
+                 geom1: tuple[Any, Any], geom2: tuple[Any, Any], weight: float, recipe: Recipe) -> tuple[float, float]:
+    """One optimizer step on ``loss_fn`` (labelled) ``+ weight *`` the consistency of two views (unlabelled).
+
+    One forward over the labelled batch and both views concatenated: BatchNorm normalises all of them with
+    the same batch statistics (and its running statistics see the unlabelled images too, which come from
+    the same scanner), so the two views' predictions differ by the model alone, not by the statistics of
+    two different batches, and the step costs one forward and one backward. Gradients flow through both
+    views (the Pi-model of Laine & Aila). Non-finite terms and clipping as :func:`train_step`.
+
+    Shape:
+        images (N, C, H, W), labels (N, 1, H, W) as :func:`train_step`; view1, view2 (M, C, H, W) float in
+        [0, 1], geom1, geom2 their :class:`TwoViews` geometries as a ``DataLoader`` collates them.
+
+    Returns:
+        the supervised loss and the (unweighted) consistency, each averaged over the ranks.
+    """
+    n, m = len(images), len(view1)
+    logits = _forward(net, torch.cat([images, view1, view2]), recipe)
+    sup = loss_fn(logits[:n], labels)
+    cons = batch_consistency_loss(logits[n : n + m], logits[n + m :], geom1, geom2)
+    sup_value, cons_value = _update(net, optimizer, sup + weight * cons, torch.stack([sup, cons]), recipe)
+    return sup_value, cons_value
 
 
 def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int,
@@ -197,22 +338,28 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         stop_after: end after this many epochs of this call (to test resuming); ``None`` runs to the end.
 
     Returns:
-        one row per epoch: epoch, lr, train_loss (mean over the steps of the loss averaged over the ranks), val_dsc.
+        one row per epoch: epoch, lr, train_loss (mean over the steps of the supervised loss averaged over the
+        ranks), val_dsc, consistency (the same mean of the unweighted consistency term; 0 for supervised runs).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite; ``last.pt`` keeps the last completed epoch.
-        ValueError: see :func:`check_recipe`.
+        ValueError: see :func:`check_recipe` and :func:`unlabelled_pool`.
     """
     rank, world = rank_world()
     check_recipe(recipe, world, device)
     run_dir = Path(run_dir)
     kwargs = model_kwargs_for(data, model_kwargs)
+    labelled, pool = unlabelled_pool(data, recipe, seed)
+    # The items of train that lost their labels, by id: a resume where they differ is refused with the config.
+    unlabelled_train = data.ids[np.intersect1d(pool, data.splits["train"])].tolist()
     config: dict[str, Any] = {"model": model_name, "model_kwargs": kwargs, "recipe": asdict(recipe), "seed": seed,
-                              "data": data_fingerprint(data), "init": str(init) if init else None}
+                              "data": data_fingerprint(data), "init": str(init) if init else None,
+                              "unlabelled_train": unlabelled_train}
     meta = {"dataset": data.dataset, "class_names": list(data.class_names), "image_size": list(data.images.shape[1:3]),
             "in_chans": data.in_chans, "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float"}
     set_determinism(seed)
     model = create_model(model_name, **kwargs)
+    check_image_size(model, data.images.shape[1:3], f"prepare.image_size.{data.dataset}")
     if init is not None:
         load_pretrained_encoder(model, init)
     if recipe.sync_bn and world > 1:
@@ -246,26 +393,43 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
                 "meta": meta, "config": config, "git_revision": git_revision()}
 
     transform = train_transforms(recipe.augment, data.images.shape[1:3], seed)
-    train_set = SegArrays(data, "train", transform)
+    train_data = replace(data, splits={**data.splits, "train": labelled})
+    train_set = SegArrays(train_data, "train", transform)
+    semi = recipe.consistency_weight > 0
+    views = TwoViews(seed) if semi else None
     end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
     for epoch in range(start, end):
         set_determinism(seed + epoch * world + rank)
         if transform is not None:
             transform.set_random_state(seed + epoch * world + rank)
         loader = _loader(train_set, recipe.batch_size, True, seed, epoch, num_workers, device)
+        unlabelled = itertools.repeat(None)
+        if views is not None:
+            views.set_random_state(_stream_seed(seed + epoch * world + rank, 2))
+            order = pool[unlabelled_order(len(pool), len(loader), recipe.batch_size, seed, epoch)]
+            unlabelled = _loader(_Views(data, order, views), recipe.batch_size, False, seed, epoch, num_workers, device)
         net.train()
-        losses = []
-        for i, batch in enumerate(tqdm(loader, desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}", unit="batch",
-                                       leave=False, disable=rank != 0)):
-            loss = train_step(net, optimizer, loss_fn, as_float(batch["image"].to(device)),
-                              batch["label"].to(device).round().long(), recipe)
-            if not math.isfinite(loss):
+        losses, consistencies = [], []
+        for i, (batch, views_batch) in enumerate(tqdm(
+                zip(loader, unlabelled), total=len(loader), desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}",
+                unit="batch", leave=False, disable=rank != 0)):
+            images, labels = as_float(batch["image"].to(device)), batch["label"].to(device).round().long()
+            if views_batch is None:
+                loss, consistency = train_step(net, optimizer, loss_fn, images, labels, recipe), 0.0
+            else:
+                loss, consistency = semisup_step(
+                    net, optimizer, loss_fn, images, labels, views_batch["view1"].to(device),
+                    views_batch["view2"].to(device), views_batch["geom1"], views_batch["geom2"],
+                    consistency_ramp(recipe, epoch + i / len(loader)), recipe)
+            if not (math.isfinite(loss) and math.isfinite(consistency)):
                 kept = (f"{run_dir / 'last.pt'} keeps epoch {epoch}, the last good one" if epoch > 0 else
                         "no checkpoint was written (the first epoch did not finish)")
-                raise NonFiniteLossError(f"{model_name}: the training loss is {loss} at epoch {epoch + 1}, step "
+                what, value = ("training", loss) if not math.isfinite(loss) else ("consistency", consistency)
+                raise NonFiniteLossError(f"{model_name}: the {what} loss is {value} at epoch {epoch + 1}, step "
                                          f"{i + 1} of {len(loader)} (optimizer step {step + 1}); stopped. {kept}")
             step += 1
             losses.append(loss)
+            consistencies.append(consistency)
             if recipe.val_every and step % recipe.val_every == 0 and i + 1 < len(loader) and _has_val(data):
                 if rank == 0:
                     val_dsc = _val_dsc(model, data, recipe.batch_size, device)
@@ -279,15 +443,16 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if recipe.precise_bn:
-            update_bn((as_float(b["image"].to(device)) for b in
-                       _loader(SegArrays(data, "train"), recipe.batch_size, False, seed, epoch, num_workers, device)),
-                      model)
+            update_bn((as_float(b["image"].to(device)) for b in _loader(
+                SegArrays(train_data, "train"), recipe.batch_size, False, seed, epoch, num_workers, device)), model)
         if world > 1 and not recipe.sync_bn:
             distribute_bn(model, world, reduce=True)
         val_dsc = broadcast_from_main(_val_dsc(model, data, recipe.batch_size, device) if rank == 0 else None)
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc})
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc,
+                        "consistency": float(np.mean(consistencies))})
         validations.append({"epoch": epoch + 1, "step": step, "val_dsc": val_dsc})
-        logger.info("epoch %d: loss %.4f, val DSC %.2f", epoch + 1, history[-1]["train_loss"], val_dsc)
+        logger.info("epoch %d: loss %.4f%s, val DSC %.2f", epoch + 1, history[-1]["train_loss"],
+                    f", consistency {history[-1]['consistency']:.4g}" if semi else "", val_dsc)
         improved = math.isnan(val_dsc) or val_dsc > best
         best = val_dsc if improved else best
         if rank == 0:
