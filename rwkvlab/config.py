@@ -7,6 +7,7 @@ be run from a copy of the params elsewhere (the pipeline smoke test does this).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain",
-           "Recipe", "Train", "Variant", "Ablate", "Erf", "Evaluate", "Report", "Params", "load"]
+           "Recipe", "TrainRun", "Train", "Variant", "Ablate", "Erf", "Evaluate", "Report", "Params", "load"]
 
 
 @dataclass(frozen=True)
@@ -122,24 +123,55 @@ class Recipe:
     clip_grad: float = 0.0       # max global gradient norm; 0 for none
     val_every: int = 0           # > 0: also validate (and keep best.pt) every this many optimizer steps
     sync_bn: bool = False        # under DDP: SyncBatchNorm (GPUs), else per-rank statistics averaged each epoch
+    # Semi-supervised training (FUGC, SPEC §6; rwkvlab.engine.train): each step adds, on a batch of unlabelled
+    # images, consistency_weight * ramp * the MSE between the predictions on two views (rwkvlab.data.augment).
+    consistency_weight: float = 0.0   # > 0 turns the consistency term on; needs an unlabelled source below
+    consistency_rampup: int = 0  # epochs of the ramp exp(-5 (1 - t)^2), t advanced every optimizer step; 0: none
+    unlabelled: str | None = None     # a split of unlabelled images (FUGC: "unlabelled")
+    # this fraction of the train split, drawn with the run's seed, loses its labels and joins the unlabelled
+    # pool (for sets without unlabelled images, e.g. the demo); it applies with consistency_weight 0 too, so
+    # the supervised baseline on the same labels is the same recipe with the weight set to 0
+    unlabelled_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One configured training run: the stages ``train@<name>`` and ``evaluate@<name>``.
+
+    Args:
+        dataset: a dataset of ``prepare.datasets``.
+        model: a registered model name.
+        recipe: a recipe of ``train.recipes``.
+        kwargs: model keyword arguments besides channels and classes.
+        seeds: split seeds (of ``prepare.split_seeds``) it is trained on, one training each; the run's
+            summary is the mean and sample std over them (the paper's ± over the three splits).
+    """
+
+    dataset: str
+    model: str
+    recipe: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
 class Train:
-    """Which models to train on which dataset, and the recipes."""
+    """The configured runs (``runs``: name -> :class:`TrainRun`) and the recipes they name."""
 
-    datasets: tuple[str, ...] = ("demo",)
-    split_seed: int = 0
-    models: tuple[str, ...] = ("rwkv_unet_t",)
+    runs: dict[str, TrainRun] = field(default_factory=dict)
     num_workers: int = 0
     nproc: int = 1               # > 1: the train stage runs torchrun --nproc_per_node=nproc (DDP)
     recipes: dict[str, Recipe] = field(default_factory=dict)
 
-    def recipe(self, dataset: str) -> Recipe:
-        if dataset not in self.recipes:
-            raise ValueError(f"params.yaml: train.recipes has no recipe for dataset {dataset!r}; "
-                             f"recipes: {sorted(self.recipes)}")
-        return self.recipes[dataset]
+    def recipe(self, name: str) -> Recipe:
+        if name not in self.recipes:
+            raise ValueError(f"params.yaml: train.recipes has no recipe {name!r}; recipes: {sorted(self.recipes)}")
+        return self.recipes[name]
+
+    def run(self, name: str) -> TrainRun:
+        if name not in self.runs:
+            raise ValueError(f"params.yaml: train.runs has no run {name!r}; runs: {', '.join(self.runs) or 'none'}")
+        return self.runs[name]
 
 
 @dataclass(frozen=True)
@@ -173,6 +205,7 @@ class Ablate:
     recipe: str = "ablate_demo"
     # The base the trained variants apply their settings to; None trains each on its paper base model.
     model: str | None = "rwkv_unet_t"
+    split_seed: int = 0          # the split of ``dataset`` (of prepare.split_seeds) the variants train on
     trained: tuple[str, ...] = ()
     variants: dict[str, Variant] = field(default_factory=dict)
 
@@ -185,6 +218,19 @@ class Ablate:
     def base_model(self, name: str) -> str:
         """The model a trained variant applies its settings to."""
         return self.model or self.variant(name).model
+
+    def trained_as(self, name: str) -> str | None:
+        """The trained variant whose run is ``name``'s: itself if trained, else the first trained one with the same
+        base model, kwargs, recipe fields and size (one configuration is one run, e.g. Table 7's "without" row and
+        Table 2's default under the same recipe); ``None`` if no trained run has its configuration."""
+        if name in self.trained:
+            return name
+
+        def configuration(n: str) -> tuple:
+            v = self.variant(n)
+            return self.base_model(n), v.kwargs, v.recipe, v.size
+
+        return next((t for t in self.trained if configuration(t) == configuration(name)), None)
 
 
 @dataclass(frozen=True)
@@ -234,6 +280,35 @@ class Params:
     ablate: Ablate = field(default_factory=Ablate)
     erf: Erf = field(default_factory=Erf)
     report: Report = field(default_factory=Report)
+
+    def __post_init__(self) -> None:
+        _check_runs(self)
+
+
+# Run names become folder names and DVC stage names (train@<name>) and params keys (train.runs.<name>).
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def _check_runs(p: Params) -> None:
+    """Cross-section checks: what a configured run or the ablation names must exist in its own section."""
+    seeds = set(p.prepare.split_seeds)
+    for name, run in p.train.runs.items():
+        where = f"params: train.runs.{name}"
+        if not _RUN_NAME.fullmatch(name):
+            raise ValueError(f"params: train.runs: run name {name!r} must be letters, digits, '_' and '-' "
+                             f"(it names folders and DVC stages)")
+        if run.recipe not in p.train.recipes:
+            raise ValueError(f"{where}.recipe {run.recipe!r} is not in train.recipes; recipes: "
+                             f"{sorted(p.train.recipes)}")
+        if run.dataset not in p.prepare.datasets:
+            raise ValueError(f"{where}.dataset {run.dataset!r} is not in prepare.datasets; datasets: "
+                             f"{sorted(p.prepare.datasets)}")
+        if not run.seeds or len(set(run.seeds)) != len(run.seeds) or not set(run.seeds) <= seeds:
+            raise ValueError(f"{where}.seeds must be distinct split seeds of prepare.split_seeds "
+                             f"{list(p.prepare.split_seeds)}, got {list(run.seeds)}")
+    if p.ablate.split_seed not in seeds:
+        raise ValueError(f"params: ablate.split_seed {p.ablate.split_seed} is not in prepare.split_seeds "
+                         f"{list(p.prepare.split_seeds)}")
 
 
 def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:

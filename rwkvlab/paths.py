@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rwkvlab.config import Params
 
-__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "ablation_run_dir", "ablation_dir", "ablations_dir", "erf_dir",
-           "cards_dir", "figures_dir"]
+__all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "summary_file", "ablation_run_dir",
+           "ablation_dir", "ablations_dir", "erf_dir", "cards_dir", "figures_dir"]
 
 
 def cache(p: Params, dataset: str) -> Path:
@@ -25,19 +25,24 @@ def split_file(p: Params, dataset: str, seed: int) -> Path:
     return splits_dir(p, dataset) / f"seed{seed}.json"
 
 
-def run_dir(p: Params, dataset: str, model: str) -> Path:
-    """Checkpoints of one training run."""
-    return p.base.checkpoints_dir / dataset / model
+def run_dir(p: Params, name: str, seed: int) -> Path:
+    """Checkpoints (``last.pt``, ``best.pt``) of the run ``name`` on split ``seed``."""
+    return p.base.checkpoints_dir / "train" / name / f"seed{seed}"
 
 
-def train_dir(p: Params, dataset: str, model: str) -> Path:
-    """Training history of one run (DVC plots)."""
-    return p.base.reports_dir / "train" / dataset / model
+def train_dir(p: Params, name: str, seed: int) -> Path:
+    """Training history (``history.csv``, DVC plots) of the run ``name`` on split ``seed``."""
+    return p.base.reports_dir / "train" / name / f"seed{seed}"
 
 
-def eval_dir(p: Params, dataset: str, model: str) -> Path:
-    """Test metrics and predictions of one run."""
-    return p.base.reports_dir / "evaluate" / dataset / model
+def eval_dir(p: Params, name: str, seed: int) -> Path:
+    """Test metrics, per-case table and predictions of the run ``name`` on split ``seed``."""
+    return p.base.reports_dir / "evaluate" / name / "seeds" / f"seed{seed}"
+
+
+def summary_file(p: Params, name: str) -> Path:
+    """The run's ``metrics.json`` over its split seeds (mean, sample std, per seed)."""
+    return p.base.reports_dir / "evaluate" / name / "metrics.json"
 
 
 def ablations_dir(p: Params) -> Path:

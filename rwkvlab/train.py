@@ -1,15 +1,21 @@
-"""Command line for training, the same run as the train stage (``rwkvlab.engine.runs.train_run``)::
+"""Command line for training, the same runs as the train stage (``rwkvlab.engine.runs``)::
 
-    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--params params.yaml]
-        [--set key=value ...] [--nproc N] [--no-evaluate]
+    python -m rwkvlab.train --run NAME [--seed K] [--params params.yaml] [--set key=value ...] [--nproc N]
+        [--no-evaluate]
+    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--seed K] ...
     torchrun --nproc_per_node=N -m rwkvlab.train ...      # DDP: N processes (gloo on CPU, nccl on CUDA)
 
-``--set`` replaces a dotted key of the params file (the value is read as YAML), e.g.
-``--set train.recipes.demo.epochs=2 --set train.recipes.demo.precision=bf16``; ``--variant`` applies an
-ablation variant's model settings and recipe fields. Without ``torchrun``, ``--nproc`` (default
-``train.nproc``) above 1 starts ``torchrun --nproc_per_node=N -m rwkvlab.train`` itself. After training,
-the checkpoint the recipe names is scored on the test split (``runs.evaluate``) and its summary printed as
-JSON; ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate stage's).
+``--run`` trains a configured run of ``train.runs`` (the stage ``train@<name>``): each of its split seeds in
+turn, or only ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]`` on
+split ``--seed`` (default 0) with the recipe ``--recipe`` (default: the dataset's name); ``--variant``
+applies an ablation variant's model settings and recipe fields. ``--set`` replaces a dotted key of the
+params file (the value is read as YAML), e.g. ``--set train.recipes.demo.epochs=2 --set
+train.recipes.demo.precision=bf16``. Without ``torchrun``, ``--nproc`` (default ``train.nproc``) above 1
+starts ``torchrun --nproc_per_node=N -m rwkvlab.train`` itself, one job per seed. After training, the
+checkpoint the recipe names is scored on the test split (``runs.evaluate``) and printed as JSON; for every
+seed of a ``--run``, the run's summary over its seeds (``runs.summarize_seeds``: mean and sample std) is
+written and printed instead. ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate
+stage's).
 """
 
 from __future__ import annotations
@@ -55,48 +61,71 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _run(p: config.Params, dataset: str, model: str, variant: str | None) -> runs.Run:
+def _run(p: config.Params, seed: int, run: str | None = None, dataset: str | None = None, model: str | None = None,
+         variant: str | None = None, recipe: str | None = None) -> runs.Run:
+    if run is not None:
+        return runs.configured_run(p, run, seed)
     if model not in list_models():
         raise ValueError(f"--model: unknown model {model!r}; registered: {', '.join(list_models())}")
-    if dataset not in p.train.recipes:
-        raise ValueError(f"--dataset: no recipe train.recipes.{dataset} in the params file; "
-                         f"datasets with a recipe: {', '.join(sorted(p.train.recipes))}")
-    return runs.train_run(p, dataset, model, variant)
+    if recipe is not None and recipe not in p.train.recipes:
+        raise ValueError(f"--recipe: no recipe train.recipes.{recipe} in the params file; recipes: "
+                         f"{', '.join(sorted(p.train.recipes))}")
+    if recipe is None and dataset not in p.train.recipes:
+        raise ValueError(f"--dataset: no recipe train.recipes.{dataset} in the params file (name one with --recipe); "
+                         f"recipes: {', '.join(sorted(p.train.recipes))}")
+    if dataset not in p.prepare.datasets:
+        raise ValueError(f"--dataset: {dataset!r} is not in prepare.datasets; datasets: "
+                         f"{', '.join(p.prepare.datasets)}")
+    if seed not in p.prepare.split_seeds:
+        raise ValueError(f"--seed: {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
+    return runs.train_run(p, dataset, model, variant, seed, recipe)
 
 
-def launch(params_file: str | Path, dataset: str, model: str, variant: str | None = None,
+def _selection_args(seed: int, run: str | None, dataset: str | None, model: str | None, variant: str | None,
+                    recipe: str | None) -> list[str]:
+    """The command-line arguments that select the same run and seed (for the torchrun children)."""
+    if run is not None:
+        return ["--run", run, "--seed", str(seed)]
+    return ["--dataset", str(dataset), "--model", str(model), "--seed", str(seed),
+            *(["--variant", variant] if variant else []), *(["--recipe", recipe] if recipe else [])]
+
+
+def launch(params_file: str | Path, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
+           model: str | None = None, variant: str | None = None, recipe: str | None = None,
            overrides: dict[str, Any] | None = None, nproc: int | None = None,
            data: Prepared | None = None) -> pd.DataFrame:
-    """Train the run ``runs.train_run`` builds: in this process, or under ``torchrun`` when ``nproc > 1``.
+    """Train one seed of a run: in this process, or under ``torchrun`` when ``nproc > 1``.
 
-    This is the train stage's decision (notebook 02) and the command line's; ``nproc`` defaults to
-    ``train.nproc``. Always resumes from the run's ``last.pt`` (written under the same configuration).
-    ``data``, the run's prepared dataset if already loaded, saves reading it again in this process.
+    The run is the configured ``train.runs.<run>`` (:func:`runs.configured_run`), or without ``run`` the ad-hoc
+    ``dataset``/``model``/``variant``/``recipe`` (:func:`runs.train_run`), on split ``seed``. This is the train
+    stage's decision (notebook 02) and the command line's; ``nproc`` defaults to ``train.nproc``. Always resumes
+    from the run's ``last.pt`` (written under the same configuration). ``data``, the run's prepared dataset if
+    already loaded, saves reading it again in this process.
 
     Returns:
         the history (one row per epoch).
 
     Raises:
-        ValueError: an unknown dataset, model, variant or params key, ``nproc`` above the devices present, or a
-            recipe that cannot run on them (:func:`rwkvlab.engine.train.check_recipe`).
+        ValueError: an unknown run, seed, dataset, model, variant, recipe or params key, ``nproc`` above the
+            devices present, or a recipe that cannot run on them (:func:`rwkvlab.engine.train.check_recipe`).
         subprocess.CalledProcessError: the ``torchrun`` processes failed (their messages are on stderr).
     """
     overrides = dict(overrides or {})
     p = config.load(params_file, **overrides)
-    run = _run(p, dataset, model, variant)
+    selection = (seed, run, dataset, model, variant, recipe)
+    one = _run(p, *selection)
     device = resolve_device(p.base.device)
     name, nproc = ("train.nproc", p.train.nproc) if nproc is None else ("--nproc", nproc)
     check_nproc(nproc, device, name)
-    check_recipe(run.recipe, nproc, device)
+    check_recipe(one.recipe, nproc, device)
     if nproc == 1:
-        return runs.train(p, run, device, data)
-    args = ["--params", str(params_file), "--dataset", dataset, "--model", model, "--no-evaluate",
-            *(["--variant", variant] if variant else []),
+        return runs.train(p, one, device, data)
+    args = ["--params", str(params_file), *_selection_args(*selection), "--no-evaluate",
             *(a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
     cmd = torchrun_command(nproc, "rwkvlab.train", args)
     logger.info("launching %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
-    return pd.read_csv(run.history)
+    return pd.read_csv(one.history)
 
 
 def _train_as_rank(p: config.Params, run: runs.Run) -> bool:
@@ -113,9 +142,12 @@ def _train_as_rank(p: config.Params, run: runs.Run) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="a prepared dataset with a recipe train.recipes.<dataset>")
-    parser.add_argument("--model", required=True, help="a registered model, e.g. rwkv_unet_t")
-    parser.add_argument("--variant", help="an ablation variant (ablate.variants) applied to the model")
+    parser.add_argument("--run", help="a configured run of train.runs (the stage train@<run>)")
+    parser.add_argument("--dataset", help="ad-hoc run: a dataset of prepare.datasets")
+    parser.add_argument("--model", help="ad-hoc run: a registered model, e.g. rwkv_unet_t")
+    parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")
+    parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the dataset's name)")
+    parser.add_argument("--seed", type=int, help="split seed (default: every seed of --run; 0 for an ad-hoc run)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="replace a dotted params key, the value read as YAML (repeatable)")
@@ -125,18 +157,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        adhoc = {k: getattr(args, k) for k in ("dataset", "model", "variant", "recipe") if getattr(args, k)}
+        if args.run is not None and adhoc:
+            raise ValueError(f"--run names a configured run: give it without "
+                             f"{', '.join('--' + k for k in adhoc)}")
+        if args.run is None and not (args.dataset and args.model):
+            raise ValueError("give --run NAME (a run of train.runs) or both --dataset and --model")
         overrides = parse_overrides(args.set)
-        if under_torchrun():
-            p = config.load(args.params, **overrides)
-            if not _train_as_rank(p, _run(p, args.dataset, args.model, args.variant)):
-                return 0
-        else:
-            launch(args.params, args.dataset, args.model, args.variant, overrides, args.nproc)
-            p = config.load(args.params, **overrides)
+        p = config.load(args.params, **overrides)
+        seeds = ([args.seed] if args.seed is not None else
+                 list(p.train.run(args.run).seeds) if args.run is not None else [0])
+        chosen = [_run(p, seed, args.run, args.dataset, args.model, args.variant, args.recipe) for seed in seeds]
+        for run in chosen:  # every seed checked above, before any trains
+            if under_torchrun():
+                rank0 = _train_as_rank(p, run)
+            else:
+                launch(args.params, args.run, run.split_seed, dataset=args.dataset, model=args.model,
+                       variant=args.variant, recipe=args.recipe, overrides=overrides, nproc=args.nproc)
+        if under_torchrun() and not rank0:
+            return 0
         if args.evaluate:
-            run = _run(p, args.dataset, args.model, args.variant)
-            summary = runs.evaluate(p, run, resolve_device(p.base.device))[0]
-            print(json.dumps({"run": run.name, "checkpoint": run.recipe.test_checkpoint, **summary}, indent=2))
+            device = resolve_device(p.base.device)
+            summaries = [runs.evaluate(p, run, device)[0] for run in chosen]
+            if args.run is not None and args.seed is None:
+                print(json.dumps({"run": args.run, **runs.summarize_seeds(p, args.run)}, indent=2))
+            else:
+                print(json.dumps({"run": chosen[0].name, "checkpoint": chosen[0].recipe.test_checkpoint,
+                                  **summaries[0]}, indent=2))
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:  # DataError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

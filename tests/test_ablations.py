@@ -21,7 +21,8 @@ def test_ablation_run_applies_the_variant():
     assert run.checkpoints == P.base.checkpoints_dir / "ablate" / "pre_digits"
     mhsa = ablation_run(P, "attn_mhsa")
     assert mhsa.model_kwargs == {"mixer": "mhsa"} and mhsa.init is None
-    assert train_run(P, "demo", "rwkv_unet_t", variant="attn_mhsa").checkpoints.name == "rwkv_unet_t-attn_mhsa"
+    adhoc = train_run(P, "demo", "rwkv_unet_t", variant="attn_mhsa")
+    assert adhoc.checkpoints.parent.name == "demo-rwkv_unet_t-attn_mhsa"
 
 
 def test_paper_base_when_no_demo_model():

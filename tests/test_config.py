@@ -1,5 +1,6 @@
 """params.yaml -> typed config: the committed file loads, mistakes are named."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ def test_committed_params_load():
     assert all(h % 16 == 0 and w % 16 == 0 for h, w in p.prepare.image_size.values())
     assert set(p.prepare.image_size) == set(p.prepare.datasets)
     assert p.base.data_dir == ROOT / "data"
-    assert all(p.train.recipe(d).epochs > 0 for d in p.train.datasets)
-    assert set(p.train.datasets) <= set(p.prepare.datasets)
+    assert all(p.train.recipe(r.recipe).epochs > 0 for r in p.train.runs.values())
+    assert {r.dataset for r in p.train.runs.values()} <= set(p.prepare.datasets)
+    assert p.train.run("demo-swin_unet").kwargs == {"feature_size": 24}
+    assert p.train.run("demo-rwkv_unet_t").seeds == (0,)
 
 
 def test_every_prepared_dataset_has_a_reader():
@@ -45,9 +48,49 @@ def test_bad_params_are_named(tmp_path, text, message):
 
 def test_missing_recipe_is_named(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text("train: {datasets: [busi]}")
-    with pytest.raises(ValueError, match="no recipe for dataset 'busi'"):
+    f.write_text("train: {num_workers: 0}")
+    with pytest.raises(ValueError, match="train.recipes has no recipe 'busi'"):
         config.load(f).train.recipe("busi")
+
+
+RECIPE = ("{epochs: 1, batch_size: 1, lr: 1.0e-3, min_lr: 0.0, weight_decay: 0.0, ce_weight: 1.0, "
+          "dice_weight: 1.0}")
+
+
+def runs_params(tmp_path, runs: str, extra: str = "") -> Path:
+    f = tmp_path / "params.yaml"
+    f.write_text(f"prepare: {{datasets: {{demo: d, busi: b}}, split_seeds: [0, 1, 2]}}\n"
+                 f"train: {{runs: {runs}, recipes: {{demo: {RECIPE}, binary: {RECIPE}}}}}\n{extra}")
+    return f
+
+
+def test_runs_load_with_their_seeds(tmp_path):
+    p = config.load(runs_params(tmp_path, "{busi-unet: {dataset: busi, model: unet, recipe: binary, seeds: [2, 0]}, "
+                                           "demo-t: {dataset: demo, model: rwkv_unet_t, recipe: demo, "
+                                           "kwargs: {mixer: none}}}"))
+    assert p.train.run("busi-unet") == config.TrainRun(dataset="busi", model="unet", recipe="binary", seeds=(2, 0))
+    assert p.train.run("demo-t").kwargs == {"mixer": "none"} and p.train.run("demo-t").seeds == (0,)
+    with pytest.raises(ValueError, match=r"train.runs has no run 'busi-t'; runs: busi-unet, demo-t"):
+        p.train.run("busi-t")
+
+
+@pytest.mark.parametrize("runs,extra,message", [
+    ("{a: {dataset: demo, model: unet, recipe: nope}}", "",
+     r"train.runs.a.recipe 'nope' is not in train.recipes; recipes: \['binary', 'demo'\]"),
+    ("{a: {dataset: kvasir_seg, model: unet, recipe: demo}}", "",
+     r"train.runs.a.dataset 'kvasir_seg' is not in prepare.datasets"),
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [0, 3]}}", "",
+     r"train.runs.a.seeds must be distinct split seeds of prepare.split_seeds \[0, 1, 2\], got \[0, 3\]"),
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [1, 1]}}", "", r"train.runs.a.seeds must be distinct"),
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: []}}", "", r"train.runs.a.seeds must be"),
+    ("{a/b: {dataset: demo, model: unet, recipe: demo}}", "", r"run name 'a/b' must be letters, digits"),
+    ("{a.b: {dataset: demo, model: unet, recipe: demo}}", "", r"run name 'a.b' must be"),
+    ("{a: {dataset: demo, recipe: demo}}", "", r"train.runs.a is missing required key\(s\) \['model'\]"),
+    ("{}", "ablate: {split_seed: 5}", r"ablate.split_seed 5 is not in prepare.split_seeds \[0, 1, 2\]"),
+])
+def test_bad_runs_are_named(tmp_path, runs, extra, message):
+    with pytest.raises(ValueError, match=message):
+        config.load(runs_params(tmp_path, runs, extra))
 
 
 def test_overrides_and_relative_paths(tmp_path):
@@ -55,3 +98,13 @@ def test_overrides_and_relative_paths(tmp_path):
     f.write_text("base: {data_dir: d}")
     p = config.load(f, **{"base.seed": 7})
     assert p.base.seed == 7 and p.base.data_dir == tmp_path / "d"
+
+
+def test_a_variant_shares_the_run_of_its_configuration():
+    variants = {"default": config.Variant(table="2"), "k3": config.Variant(table="8", kwargs={"decoder_kernel": 3}),
+                "k9": config.Variant(table="8"), "pre": config.Variant(table="7", recipe={"init": "pretrain/x"}),
+                "big": config.Variant(table="13", size=512), "s": config.Variant(table="9", model="rwkv_unet_s")}
+    a = config.Ablate(model=None, trained=("default", "k3"), variants=variants)
+    assert [a.trained_as(v) for v in variants] == ["default", "k3", "default", None, None, None]
+    # with one base model for every variant, the S row's settings are the default's
+    assert dataclasses.replace(a, model="rwkv_unet_t").trained_as("s") == "default"

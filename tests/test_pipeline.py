@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +28,9 @@ pretrain:
     tiny: {{data: digits, epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 1.0e-5, warmup_epochs: 0, warmup_lr: 1.0e-4,
             weight_decay: 0.05, label_smoothing: 0.1, img_size: 32, hflip: 0.0, auto_augment: null}}
 train:
-  datasets: [demo, synapse_demo]
-  models: [rwkv_unet_t]
-  split_seed: 0
+  runs:
+    demo-rwkv_unet_t: {{dataset: demo, model: rwkv_unet_t, recipe: demo}}
+    synapse_demo-rwkv_unet_t: {{dataset: synapse_demo, model: rwkv_unet_t, recipe: synapse_demo}}
   num_workers: 0
   recipes:
     demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
@@ -71,7 +72,8 @@ def test_dvc_pipeline_is_valid():
     out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "prepare@busi", "train@demo-rwkv_unet_t",
-            "evaluate@synapse_demo-rwkv_unet_t", "report", "pretrain_data", "pretrain", "ablate@attn_mhsa",
+            "evaluate@synapse_demo-rwkv_unet_t", "train@demo-swin_unet", "evaluate@demo-rwkv_unet_t-semi",
+            "report", "pretrain_data", "pretrain", "ablate@attn_mhsa",
             "ablate@pre_digits", "ablation_tables", "erf"} <= names
 
 
@@ -91,10 +93,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     for dataset in ("demo", "synapse_demo", "busi"):
         run(str(ROOT / "notebooks/01_prepare_data.ipynb"), str(tmp_path / f"01_{dataset}.ipynb"),
             parameters={"params_file": str(params), "dataset": dataset})
-    for dataset in ("demo", "synapse_demo"):
+    for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
         for nb in ("02_train", "03_evaluate"):
-            run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{dataset}.ipynb"),
-                parameters={"params_file": str(params), "dataset": dataset, "model": "rwkv_unet_t"})
+            run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{name}.ipynb"),
+                parameters={"params_file": str(params), "run": name})
     run(str(ROOT / "notebooks/04_report.ipynb"), str(tmp_path / "04.ipynb"), parameters={"params_file": str(params)})
     run(str(ROOT / "notebooks/00_pretrain.ipynb"), str(tmp_path / "00.ipynb"), parameters={"params_file": str(params)})
     for variant in ("attn_none", "attn_spatial_mix", "pre_digits"):
@@ -104,19 +106,25 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
         parameters={"params_file": str(params)})
     run(str(ROOT / "notebooks/06_erf.ipynb"), str(tmp_path / "06.ipynb"), parameters={"params_file": str(params)})
 
-    for dataset in ("demo", "synapse_demo"):
-        metrics = json.loads((tmp_path / f"reports/evaluate/{dataset}/rwkv_unet_t/metrics.json").read_text())
-        assert 0 <= metrics["dsc"] <= 100 and metrics["hd95"] >= 0
+    for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
+        seed0 = json.loads((tmp_path / f"reports/evaluate/{name}/seeds/seed0/metrics.json").read_text())
+        assert 0 <= seed0["dsc"] <= 100 and seed0["hd95"] >= 0
+        summary = json.loads((tmp_path / f"reports/evaluate/{name}/metrics.json").read_text())
+        assert summary["mean"] == seed0 and summary["std"] == {k: 0.0 for k in seed0} and summary["seeds"] == [0]
     volumes = json.loads((tmp_path / "data/splits/synapse_demo/seed0.json").read_text())["test"]
-    per_case = (tmp_path / "reports/evaluate/synapse_demo/rwkv_unet_t/per_case.csv").read_text()
+    per_case = (tmp_path / "reports/evaluate/synapse_demo-rwkv_unet_t/seeds/seed0/per_case.csv").read_text()
     assert all(v in per_case for v in volumes), "synapse_demo is scored per volume"
     assert "skipped" in (tmp_path / "reports/datasets/busi/card.md").read_text()
     for out in ["data/prepared/demo/cache.h5", "data/splits/demo/seed0.json", "reports/datasets/demo/card.md",
-                "reports/datasets/synapse_demo/montage.png", "reports/train/demo/rwkv_unet_t/history.csv",
-                "reports/results.md", "reports/results.csv", "reports/figures/overlay_synapse_demo_rwkv_unet_t.png",
+                "reports/datasets/synapse_demo/montage.png", "reports/train/demo-rwkv_unet_t/seed0/history.csv",
+                "data/checkpoints/train/demo-rwkv_unet_t/seed0/best.pt", "reports/results.md", "reports/results.csv",
+                "reports/figures/overlay_synapse_demo-rwkv_unet_t.png",
                 "reports/figures/training_curves.png"]:
         assert (tmp_path / out).is_file(), out
     assert "SYNTHETIC" in (tmp_path / "reports/results.md").read_text()
+    results = pd.read_csv(tmp_path / "reports/results.csv")
+    assert list(results["run"]) == ["demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"] and set(results["seeds"]) == {1}
+    assert (results["dsc_std"] == 0).all()
     for out in ["reports/ablate/attn_none/metrics.json", "reports/ablations/table2.md", "reports/ablations/table11.md",
                 "reports/ablations/complexity.csv", "reports/ablations/bubble_chart.png", "reports/erf/area_ratio.md",
                 "data/checkpoints/ablate/attn_spatial_mix/last.pt", "data/checkpoints/pretrain/rwkv_enc_t/encoder.pt",

@@ -1,14 +1,17 @@
 """Training runs as the pipeline defines them, from ``params.yaml`` alone.
 
-A :class:`Run` is everything one training needs: dataset, model name and keyword arguments, recipe, the
-encoder to start from, and where checkpoints, history and evaluation go. The train stage
-(``train@<dataset>-<model>``), the ablation stage (``ablate@<variant>``), the notebooks and the command line
-all build their run here, so the same settings always give the same run.
+A :class:`Run` is everything one training needs: dataset and split seed, model name and keyword arguments,
+recipe, the encoder to start from, and where checkpoints, history and evaluation go. The train and evaluate
+stages (``train@<name>``, one training per split seed of ``train.runs.<name>``), the ablation stage
+(``ablate@<variant>``), the notebooks and the command line all build their run here, so the same settings
+always give the same run. :func:`summarize_seeds` turns a configured run's per-seed test metrics into the
+mean and sample std that the paper reports for its split-based sets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 
 from rwkvlab import paths
 from rwkvlab.config import Params, Recipe
+from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
 from rwkvlab.engine.inference import load_trained
@@ -27,7 +31,8 @@ from rwkvlab.engine.train import fit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "train_run", "ablation_run", "resolve_init", "train", "evaluate"]
+__all__ = ["Run", "configured_run", "train_run", "ablation_run", "resolve_init", "load_data", "train", "evaluate",
+           "summarize_seeds", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,9 @@ class Run:
     """One training run.
 
     Args:
-        name: for messages, e.g. ``demo/rwkv_unet_t`` or ``ablate/attn_mhsa``.
+        name: for messages, e.g. ``demo-rwkv_unet_t/seed0`` or ``ablate/attn_mhsa``.
         dataset: the prepared dataset it trains and is evaluated on.
+        split_seed: the split of ``dataset`` (``data/splits/<dataset>/seed<k>.json``).
         model: a registered model name.
         model_kwargs: its keyword arguments besides channels and classes.
         recipe: the training recipe.
@@ -48,6 +54,7 @@ class Run:
 
     name: str
     dataset: str
+    split_seed: int
     model: str
     model_kwargs: dict[str, Any]
     recipe: Recipe
@@ -76,17 +83,51 @@ def _with_recipe_fields(recipe: Recipe, fields: dict[str, Any], where: str) -> R
     return dataclasses.replace(recipe, **fields)
 
 
-def train_run(p: Params, dataset: str, model: str, variant: str | None = None) -> Run:
-    """The run of the train stage ``train@<dataset>-<model>``; ``variant`` applies an ablation variant's model
-    settings and recipe fields to it (``<model>-<variant>`` in the output paths)."""
-    recipe, kwargs, tag = p.train.recipe(dataset), {}, model
+def _seeded_run(p: Params, name: str, seed: int, dataset: str, model: str, kwargs: dict[str, Any],
+                recipe: Recipe) -> Run:
+    return Run(name=f"{name}/seed{seed}", dataset=dataset, split_seed=seed, model=model, model_kwargs=kwargs,
+               recipe=recipe, init=resolve_init(p, recipe.init), checkpoints=paths.run_dir(p, name, seed),
+               history=paths.train_dir(p, name, seed) / "history.csv", evaluation=paths.eval_dir(p, name, seed))
+
+
+def configured_run(p: Params, name: str, seed: int) -> Run:
+    """The run ``train.runs.<name>`` on split ``seed`` (one of its ``seeds``): the stages ``train@<name>`` and
+    ``evaluate@<name>``."""
+    configured = p.train.run(name)
+    if seed not in configured.seeds:
+        raise ValueError(f"params.yaml: train.runs.{name} trains on split seeds {list(configured.seeds)}, "
+                         f"not on seed {seed}")
+    return _seeded_run(p, name, seed, configured.dataset, configured.model, dict(configured.kwargs),
+                       p.train.recipe(configured.recipe))
+
+
+def train_run(p: Params, dataset: str, model: str, variant: str | None = None, seed: int = 0,
+              recipe: str | None = None) -> Run:
+    """An ad-hoc run (the command line's ``--dataset/--model``), named ``<dataset>-<model>[-<variant>]``.
+
+    Args:
+        recipe: a recipe of ``train.recipes``; default the one named after ``dataset``.
+        variant: an ablation variant whose model settings and recipe fields are applied.
+        seed: the split seed, one of ``prepare.split_seeds``.
+
+    Raises:
+        ValueError: an unknown recipe, variant or seed, or a name that ``train.runs`` configures with other
+            settings (the two would share, and overwrite, one checkpoint folder).
+    """
+    recipe = dataset if recipe is None else recipe
+    run_recipe, kwargs, name = p.train.recipe(recipe), {}, f"{dataset}-{model}"
     if variant is not None:
         v = p.ablate.variant(variant)
-        kwargs, tag = dict(v.kwargs), f"{model}-{variant}"
-        recipe = _with_recipe_fields(recipe, v.recipe, f"ablate.variants.{variant}.recipe")
-    return Run(name=f"{dataset}/{tag}", dataset=dataset, model=model, model_kwargs=kwargs, recipe=recipe,
-               init=resolve_init(p, recipe.init), checkpoints=paths.run_dir(p, dataset, tag),
-               history=paths.train_dir(p, dataset, tag) / "history.csv", evaluation=paths.eval_dir(p, dataset, tag))
+        kwargs, name = dict(v.kwargs), f"{name}-{variant}"
+        run_recipe = _with_recipe_fields(run_recipe, v.recipe, f"ablate.variants.{variant}.recipe")
+    if seed not in p.prepare.split_seeds:
+        raise ValueError(f"split seed {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
+    if name in p.train.runs:
+        c = p.train.runs[name]
+        if (c.dataset, c.model, c.kwargs, p.train.recipe(c.recipe)) != (dataset, model, kwargs, run_recipe):
+            raise ValueError(f"{name!r} is also a configured run (train.runs.{name}) with other settings; train "
+                             f"that one with --run {name}, or pick another recipe or model")
+    return _seeded_run(p, name, seed, dataset, model, kwargs, run_recipe)
 
 
 def ablation_run(p: Params, variant: str) -> Run:
@@ -95,14 +136,15 @@ def ablation_run(p: Params, variant: str) -> Run:
     v = p.ablate.variant(variant)
     recipe = _with_recipe_fields(p.train.recipe(p.ablate.recipe), v.recipe, f"ablate.variants.{variant}.recipe")
     out = paths.ablation_dir(p, variant)
-    return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset, model=p.ablate.base_model(variant),
+    return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
+               model=p.ablate.base_model(variant),
                model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
                checkpoints=paths.ablation_run_dir(p, variant), history=out / "history.csv", evaluation=out)
 
 
 def load_data(p: Params, run: Run) -> Prepared:
-    """The prepared dataset of ``run`` with the training split seed applied."""
-    return load_prepared(paths.cache(p, run.dataset), paths.split_file(p, run.dataset, p.train.split_seed))
+    """The prepared dataset of ``run`` with its split applied."""
+    return load_prepared(paths.cache(p, run.dataset), paths.split_file(p, run.dataset, run.split_seed))
 
 
 def train(p: Params, run: Run, device: torch.device, data: Prepared | None = None) -> pd.DataFrame:
@@ -129,3 +171,49 @@ def evaluate(p: Params, run: Run, device: torch.device,
     logger.info("%s: %s checkpoint of epoch %d", run.name, run.recipe.test_checkpoint, state["epoch"] + 1)
     per_case, preds = evaluate_split(model, data, "test", p.evaluate.batch_size, device)
     return write_evaluation(run.evaluation, per_case, preds), per_case, preds
+
+
+def summarize_seeds(p: Params, name: str) -> dict[str, Any]:
+    """Combine the per-seed test metrics of ``train.runs.<name>`` into its summary and write it atomically to
+    :func:`rwkvlab.paths.summary_file` (the evaluate stage's DVC metrics).
+
+    Returns:
+        ``{"dataset", "model", "kwargs", "recipe", "seeds", "n_seeds", "mean", "std", "per_seed"}``: ``mean`` and
+        ``std`` map each metric of the per-seed ``metrics.json`` (``dsc``, ``hd95``, ``dsc_<class>``, ...) to its
+        mean and sample standard deviation (ddof 1, the paper's ±; 0.0 for a single seed), ``per_seed`` maps
+        ``"<seed>"`` to that seed's metrics.
+
+    Raises:
+        FileNotFoundError: a seed has not been evaluated.
+        ValueError: the seeds' metric files name different metrics.
+    """
+    configured = p.train.run(name)
+    per_seed: dict[str, dict[str, float]] = {}
+    for seed in configured.seeds:
+        file = paths.eval_dir(p, name, seed) / "metrics.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: seed {seed} of run {name!r} is not evaluated (evaluate stage, "
+                                    f"notebook 03_evaluate)")
+        per_seed[str(seed)] = json.loads(file.read_text())
+    metrics = list(per_seed[str(configured.seeds[0])])
+    for seed, values in per_seed.items():
+        if sorted(values) != sorted(metrics):
+            raise ValueError(f"{paths.eval_dir(p, name, int(seed)) / 'metrics.json'} has metrics {sorted(values)}, "
+                             f"seed {configured.seeds[0]} has {sorted(metrics)}")
+    table = np.array([[per_seed[str(s)][m] for m in metrics] for s in configured.seeds], dtype=np.float64)
+    std = table.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(metrics))
+    summary = {"dataset": configured.dataset, "model": configured.model, "kwargs": dict(configured.kwargs),
+               "recipe": configured.recipe, "seeds": list(configured.seeds), "n_seeds": len(configured.seeds),
+               "mean": dict(zip(metrics, table.mean(axis=0).tolist())), "std": dict(zip(metrics, std.tolist())),
+               "per_seed": per_seed}
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(paths.summary_file(p, name), lambda f: f.write_text(text))
+    return summary
+
+
+def read_summary(p: Params, name: str) -> dict[str, Any]:
+    """What :func:`summarize_seeds` wrote for ``train.runs.<name>``."""
+    file = paths.summary_file(p, name)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: run {name!r} has no summary; run its evaluate stage (evaluate@{name})")
+    return json.loads(file.read_text())

@@ -147,10 +147,17 @@ def test_a_stopped_two_process_run_resumes_on_two_or_one_processes(data, tmp_pat
 
 # ---- the launch decision and the command line --------------------------------------------------------------------
 
-def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("selection, expected", [
+    ({"dataset": "demo", "model": "rwkv_unet_t", "variant": "attn_none", "seed": 0},
+     ["--dataset", "demo", "--model", "rwkv_unet_t", "--seed", "0", "--variant", "attn_none"]),
+    ({"run": "demo-rwkv_unet_t", "seed": 0}, ["--run", "demo-rwkv_unet_t", "--seed", "0"]),
+])
+def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, selection, expected):
     overrides = {"base.reports_dir": str(tmp_path / "reports"), "base.checkpoints_dir": str(tmp_path / "ck"),
                  "train.recipes.demo.epochs": 2, "train.recipes.demo.precision": "bf16"}
-    run = cli._run(cli.config.load("params.yaml", **overrides), "demo", "rwkv_unet_t", "attn_none")
+    selection = dict(selection)
+    seed, name = selection.pop("seed"), selection.pop("run", None)
+    run = cli._run(cli.config.load("params.yaml", **overrides), seed, name, **selection)
     calls = []
 
     def fake_run(cmd, check):  # what rank 0 of the torchrun job leaves behind
@@ -161,15 +168,26 @@ def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
     monkeypatch.setattr(cli.runs, "train", lambda *a, **k: pytest.fail("trained in process"))
-    history = cli.launch("params.yaml", "demo", "rwkv_unet_t", "attn_none", overrides, nproc=2)
+    history = cli.launch("params.yaml", name, seed, overrides=overrides, nproc=2, **selection)
     (cmd,) = calls
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     args = cmd[6:]
-    assert args[:10] == ["rwkvlab.train", "--params", "params.yaml", "--dataset", "demo", "--model", "rwkv_unet_t",
-                         "--no-evaluate", "--variant", "attn_none"]
-    assert args[10::2] == ["--set"] * len(overrides)
-    assert cli.parse_overrides(args[11::2]) == overrides  # the children load the same params
+    n = 4 + len(expected)
+    assert args[:n] == ["rwkvlab.train", "--params", "params.yaml", *expected, "--no-evaluate"]
+    assert args[n::2] == ["--set"] * len(overrides)
+    assert cli.parse_overrides(args[n + 1::2]) == overrides  # the children load the same params
     assert history["val_dsc"].tolist() == [50.0]
+
+
+def test_a_configured_run_trains_each_seed(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(cli.runs, "train", lambda p, run, device, data=None: trained.append(run))
+    sets = ["--set", "train.runs.demo-unet.seeds=[2, 0]", "--set", f"base.checkpoints_dir={tmp_path / 'ck'}"]
+    assert cli.main(["--run", "demo-unet", "--no-evaluate", *sets]) == 0
+    assert [(r.name, r.split_seed, r.model, r.checkpoints.name) for r in trained] == [
+        ("demo-unet/seed2", 2, "unet", "seed2"), ("demo-unet/seed0", 0, "unet", "seed0")]
+    assert cli.main(["--run", "demo-unet", "--seed", "0", "--no-evaluate", *sets]) == 0
+    assert [r.split_seed for r in trained[2:]] == [0]
 
 
 def test_overrides_are_read_as_yaml():
@@ -179,6 +197,14 @@ def test_overrides_are_read_as_yaml():
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nowhere", "--model", "rwkv_unet_t"], r"--dataset: no recipe train\.recipes\.nowhere"),
+    (["--dataset", "demo", "--model", "unet", "--recipe", "nope"], r"--recipe: no recipe train\.recipes\.nope"),
+    (["--dataset", "demo", "--model", "unet", "--seed", "9"], r"--seed: 9 is not one of prepare\.split_seeds"),
+    (["--dataset", "demo", "--model", "swin_unet", "--recipe", "demo_semi"],
+     r"'demo-swin_unet' is also a configured run .* --run demo-swin_unet"),
+    (["--run", "demo-nope"], r"train\.runs has no run 'demo-nope'; runs: demo-rwkv_unet_t, "),
+    (["--run", "demo-unet", "--seed", "1"], r"train\.runs\.demo-unet trains on split seeds \[0\], not on seed 1"),
+    (["--run", "demo-unet", "--model", "unet"], r"--run names a configured run: give it without --model"),
+    (["--model", "unet"], r"give --run NAME \(a run of train\.runs\) or both --dataset and --model"),
     (["--dataset", "demo", "--model", "no_such_net"], r"--model: unknown model 'no_such_net'; registered: .*rwkv_unet_t"),
     (["--dataset", "demo", "--model", "rwkv_unet_t", "--variant", "zz"], r"unknown ablation variant 'zz'"),
     (["--dataset", "demo", "--model", "rwkv_unet_t", "--set", "train.bogus=1"], r"unknown key\(s\) \['bogus'\]"),
