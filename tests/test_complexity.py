@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -9,6 +10,7 @@ from torch.nn import functional as F
 
 from rwkvlab import config
 from rwkvlab.complexity import complexity_table, count_macs, main, model_complexity, variant_rows
+from rwkvlab.report import baseline_complexity_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +104,22 @@ def test_command_line_csv(capsys):
     assert [line.split(",")[0] for line in lines[1:]] == ["rwkv_unet_t", "attn_mhsa"]
     assert main(["--variants", "nope", "--params", str(ROOT / "params.yaml")]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+# The binary table's setting (256x256, 1 class): every baseline's parameters within 5% of the paper's. Exceptions
+# carry their reason in the table's note: swin_unet has no row there (MONAI SwinUNETR stands in for Swin-Unet).
+PARAMS_EXCEPTIONS = {"swin_unet"}
+
+
+def test_baseline_parameters_within_five_percent_of_the_paper():
+    table = baseline_complexity_table().set_index("model")
+    assert set(table.index) == {"unet", "att_unet", "unet_pp", "r50_unet", "transunet", "swin_unet", "rwkv_unet_t",
+                                "rwkv_unet_s", "rwkv_unet_b"}
+    for name, row in table.iterrows():
+        if name in PARAMS_EXCEPTIONS:
+            assert row["note"], f"{name}: an exception needs its note"
+            assert pd.isna(row["params_diff_%"]) or abs(row["params_diff_%"]) > 5, f"{name} now matches: remove it"
+        else:
+            assert abs(row["params_diff_%"]) <= 5, f"{name}: {row['params_m']}M vs paper {row['paper_params_m']}M"
+        if not pd.isna(row["macs_diff_%"]) and abs(row["macs_diff_%"]) > 5:
+            assert row["note"], f"{name}: MACs {row['macs_diff_%']}% off the paper without a note"

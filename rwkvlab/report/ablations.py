@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import matplotlib
 
@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from rwkvlab.report.tables import paper_table, write_table  # noqa: E402
 
-__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_tables", "write_ablation_tables", "bubble_chart"]
+__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_tables", "write_ablation_tables",
+           "draw_bubbles", "bubble_chart"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,22 @@ def write_ablation_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, not
         write_table(df, Path(out_dir) / f"table{table}", PAPER_TABLES[table].title, notes=note)
 
 
+def draw_bubbles(ax: plt.Axes, points: Iterable[tuple[float, float, float | None, str]], marker: str = "o",
+                 color: str | None = None, label: str | None = None) -> None:
+    """One annotated bubble per ``(x, y, params_m, text)`` on ``ax``, its area 30 + 25 x parameters (M) in
+    points^2 so that size reads as model size; an unknown count (None, NaN) draws the 1M size.
+
+    Args:
+        color: one colour for all the bubbles; ``None`` gives each the next colour of the axes' cycle.
+        label: the legend entry of the group (put on its first bubble).
+    """
+    for i, (x, y, params_m, text) in enumerate(points):
+        size = float(params_m) if pd.notna(params_m) and params_m else 1.0
+        ax.scatter(x, y, s=30 + 25 * size, alpha=0.5, marker=marker,
+                   color=color, label=label if i == 0 else None)
+        ax.annotate(text, (x, y), fontsize=7, ha="center", va="bottom")
+
+
 def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
     """DSC against MACs, bubble area by parameters, like the paper's Fig. 4: ours (trained variants) and the
     paper's rows side by side."""
@@ -152,10 +169,7 @@ def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
                                   (ax_paper, "paper_dsc", "paper_flops_g", "paper (Synapse)")):
         shown = rows.dropna(subset=[dsc, flops])
         shown = shown[shown[dsc].map(lambda x: x is not None)]
-        for _, r in shown.iterrows():
-            size = 30 + 25 * float(r["params_m"] or 1)
-            ax.scatter(float(r[flops]), float(r[dsc]), s=size, alpha=0.5)
-            ax.annotate(r["variant"], (float(r[flops]), float(r[dsc])), fontsize=7, ha="center", va="bottom")
+        draw_bubbles(ax, [(float(r[flops]), float(r[dsc]), r["params_m"], r["variant"]) for _, r in shown.iterrows()])
         ax.set(xlabel="MACs (G)" if flops == "macs_g" else "FLOPs (G, as published)", ylabel="DSC (%)", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: DSC vs complexity (bubble area ~ parameters)", fontsize=10)
