@@ -1,14 +1,32 @@
-"""Generic building blocks shared by the architectures."""
+"""Generic building blocks shared by the architectures.
+
+:func:`token_mix`, :func:`relu_sq` and :func:`sigmoid_gate` are the elementwise chains of the RWKV mixers, and
+:func:`batch_norm_act` a training-mode BatchNorm with its activation (what :class:`ConvBNAct` runs). On float32
+CPU tensors they run ``kernels/fused_cpu.cpp`` (issue 10: a CPU training step is memory-bound, and autograd
+spends 5 slices, 4 pads, a cat and 3-4 passes per lerp, and 5 passes on a BatchNorm and its activation's
+backward, where one or two passes do); elsewhere (other devices and dtypes, ``meta`` tensors, as in
+:mod:`rwkvlab.complexity`, ``torch.compile``, or a machine where the kernel cannot be built) they run the plain
+PyTorch formulation, which is also their specification.
+"""
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rwkvlab.ops._cpu import KERNELS_DIR, build_library
 from rwkvlab.ops.dwconv import depthwise_conv2d
 
-__all__ = ["ConvBNAct", "DepthwiseConv2d", "q_shift"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConvBNAct", "DepthwiseConv2d", "batch_norm_act", "q_shift", "relu_sq", "sigmoid_gate", "token_mix"]
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -63,6 +81,11 @@ class ConvBNAct(nn.Sequential):
             act_layer() if act_layer is not None else nn.Identity(),
         )
 
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, in_chs, H, W) -> (N, out_chs, H / stride, W / stride); BN and activation by :func:`batch_norm_act`."""
+        conv, bn, act = self
+        return batch_norm_act(conv(x), bn, act)
+
 
 def q_shift(x: Tensor, hw: tuple[int, int]) -> Tensor:
     """One-pixel quad-directional token shift of Vision-RWKV (SPEC §2), zero fill.
@@ -88,3 +111,187 @@ def q_shift(x: Tensor, hw: tuple[int, int]) -> Tensor:
         dim=1,
     )
     return out.flatten(2).transpose(1, 2)
+
+
+@functools.cache
+def _fused_library() -> Any:
+    """``kernels/fused_cpu.cpp`` through ctypes, built on first call; ``None`` (logged once) if it cannot be built."""
+    try:
+        path = build_library("rwkvlab_fused_cpu", [KERNELS_DIR / "fused_cpu.cpp"],
+                             extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"])
+    except Exception as err:  # noqa: BLE001 - any build failure means: the plain PyTorch formulation
+        logger.warning("fused token-mixer CPU kernels unavailable (%s); using plain PyTorch", err)
+        return None
+    lib = ctypes.CDLL(path)
+    ptr, ptrs, i64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64
+    lib.token_mix_fwd_f32.argtypes = [ptr, ptr, ptrs] + [i64] * 5 + [ctypes.c_int]
+    lib.token_mix_bwd_f32.argtypes = [ptr, ptr, ptrs, ptr, ptr] + [i64] * 5 + [ctypes.c_int]
+    lib.relu_sq_fwd_f32.argtypes = [ptr, ptr, i64, ctypes.c_int]
+    lib.relu_sq_bwd_f32.argtypes = [ptr, ptr, ptr, i64, ctypes.c_int]
+    lib.sigmoid_gate_bwd_f32.argtypes = [ptr] * 5 + [i64, ctypes.c_int]
+    lib.bn_act_fwd_f32.argtypes = [ptr] * 7 + [i64, i64, ctypes.c_double, ctypes.c_int, ctypes.c_int]
+    lib.bn_act_bwd_f32.argtypes = [ptr] * 9 + [i64, i64, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def _fused(*tensors: Tensor) -> Any:
+    """The fused kernels if every tensor is a float32 CPU tensor outside ``torch.compile``, else ``None``."""
+    if torch.compiler.is_compiling() or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return None
+    return _fused_library()
+
+
+def _ptr(x: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(x.data_ptr())
+
+
+def _ptr_array(xs: Sequence[Tensor]) -> Any:
+    return (ctypes.c_void_p * len(xs))(*(x.data_ptr() for x in xs))
+
+
+class _TokenMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, h: int, w: int, *mus: Tensor) -> tuple[Tensor, ...]:
+        x, mu = x.contiguous(), torch.stack(mus).contiguous()
+        outs = [torch.empty_like(x) for _ in mus]
+        _fused_library().token_mix_fwd_f32(_ptr(x), _ptr(mu), _ptr_array(outs), x.shape[0], h, w, x.shape[2],
+                                           len(mus), torch.get_num_threads())
+        ctx.save_for_backward(x, mu)
+        ctx.hw = h, w
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        x, mu = ctx.saved_tensors
+        grads = [g.contiguous() for g in grads]
+        gx, gmu = torch.empty_like(x), torch.empty_like(mu)
+        _fused_library().token_mix_bwd_f32(_ptr(x), _ptr(mu), _ptr_array(grads), _ptr(gx), _ptr(gmu), x.shape[0],
+                                           *ctx.hw, x.shape[2], mu.shape[0], torch.get_num_threads())
+        return gx, None, None, *gmu.unbind(0)
+
+
+def token_mix(x: Tensor, hw: tuple[int, int], mus: Sequence[Tensor]) -> list[Tensor]:
+    """``[torch.lerp(q_shift(x, hw), x, mu) for mu in mus]``: the token-shift mixes of the RWKV mixers (SPEC §2),
+    fused on the CPU (module docstring).
+
+    Args:
+        x: tokens (N, T, C), T = H * W row-major.
+        hw: the grid (H, W).
+        mus: mixing weights, each (C,); cast to ``x``'s dtype.
+
+    Shape:
+        (N, T, C) -> ``len(mus)`` tensors (N, T, C).
+    """
+    h, w = hw
+    if x.dim() != 3 or x.shape[1] != h * w:
+        raise ValueError(f"token_mix: x must be (N, T, C) with T = H*W = {h}*{w}; got {tuple(x.shape)}")
+    mus = [mu.to(x.dtype) for mu in mus]
+    if any(mu.shape != (x.shape[2],) for mu in mus):
+        raise ValueError(f"token_mix: each mu must have shape ({x.shape[2]},); got {[tuple(m.shape) for m in mus]}")
+    if _fused(x, *mus) is None:
+        xx = q_shift(x, hw)
+        return [torch.lerp(xx, x, mu) for mu in mus]
+    return list(_TokenMix.apply(x, h, w, *mus))
+
+
+class _ReluSq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        _fused_library().relu_sq_fwd_f32(_ptr(x), _ptr(y), x.numel(), torch.get_num_threads())
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        g, gx = g.contiguous(), torch.empty_like(x)
+        _fused_library().relu_sq_bwd_f32(_ptr(x), _ptr(g), _ptr(gx), x.numel(), torch.get_num_threads())
+        return gx
+
+
+def relu_sq(x: Tensor) -> Tensor:
+    """``torch.square(torch.relu(x))`` (the Channel Mix activation, SPEC §2), fused on the CPU."""
+    if _fused(x) is None:
+        return torch.square(torch.relu(x))
+    return _ReluSq.apply(x)
+
+
+class _SigmoidGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, r: Tensor, v: Tensor) -> Tensor:
+        s, v = torch.sigmoid(r).contiguous(), v.contiguous()
+        ctx.save_for_backward(s, v)
+        return s * v
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:
+        s, v = ctx.saved_tensors
+        g = g.contiguous()
+        gr, gv = torch.empty_like(s), torch.empty_like(s)
+        _fused_library().sigmoid_gate_bwd_f32(_ptr(s), _ptr(v), _ptr(g), _ptr(gr), _ptr(gv), s.numel(),
+                                              torch.get_num_threads())
+        return gr, gv
+
+
+def sigmoid_gate(r: Tensor, v: Tensor) -> Tensor:
+    """``torch.sigmoid(r) * v`` (the receptance gate, SPEC §2), its backward fused on the CPU; ``r`` and ``v``
+    of one shape there (broadcasting takes the plain path)."""
+    if r.shape != v.shape or _fused(r, v) is None:
+        return torch.sigmoid(r) * v
+    return _SigmoidGate.apply(r, v)
+
+
+# The activations bn_act_fwd_f32 applies after the BatchNorm, by the kernel's code.
+_BN_ACTS = {nn.Identity: 0, nn.ReLU: 1, nn.SiLU: 2}
+
+
+class _BatchNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float, act: int) -> tuple[Tensor, ...]:
+        c = x.shape[1]
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y = torch.empty_like(x)
+        mean, invstd, var = x.new_empty(3, c)
+        _fused_library().bn_act_fwd_f32(*map(_ptr, (x, weight, bias, y, mean, invstd, var)), x.numel() // c, c, eps,
+                                        act, torch.get_num_threads())
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.act = act
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        c = x.shape[1]
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        gw, gb = torch.empty_like(weight), torch.empty_like(bias)
+        _fused_library().bn_act_bwd_f32(*map(_ptr, (x, gy, weight, bias, mean, invstd)),
+                                        ctypes.c_void_p(None if gx is None else gx.data_ptr()), _ptr(gw), _ptr(gb),
+                                        x.numel() // c, c, ctx.act, torch.get_num_threads())
+        return gx, gw, gb, None, None
+
+
+def batch_norm_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> Tensor:
+    """``act(bn(x))``, fused on the CPU (module docstring) for a training-mode ``bn`` that tracks running
+    statistics with a momentum, ``act`` an ``nn.Identity``, ``nn.ReLU`` or ``nn.SiLU`` and ``x`` channels_last;
+    anything else calls the two modules. The fused path updates ``bn``'s running statistics and batch count as
+    ``nn.BatchNorm2d`` does (running = (1 - momentum) running + momentum batch, unbiased variance).
+
+    Shape:
+        x: (N, C, H, W) -> (N, C, H, W).
+    """
+    kind = _BN_ACTS.get(type(act))
+    fast = (kind is not None and bn.training and bn.track_running_stats and bn.momentum is not None and bn.affine
+            and x.dim() == 4 and x.numel() > x.shape[1] and x.is_contiguous(memory_format=torch.channels_last)
+            and _fused(x, bn.weight, bn.bias) is not None)
+    if not fast:
+        return act(bn(x))
+    y, mean, var = _BatchNormAct.apply(x, bn.weight, bn.bias, bn.eps, kind)
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        bn.running_mean.lerp_(mean, bn.momentum)
+        bn.running_var.lerp_(var, bn.momentum)
+    return y

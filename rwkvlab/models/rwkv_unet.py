@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.layers import ConvBNAct, q_shift
+from rwkvlab.models.layers import ConvBNAct, relu_sq, sigmoid_gate, token_mix
 from rwkvlab.ops import bi_wkv
 
 __all__ = ["MIXERS", "RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock",
@@ -114,14 +114,12 @@ class SpatialMix(nn.Module):
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
         t = x.shape[1]
-        xx = q_shift(x, hw)
-        k = self.key(torch.lerp(xx, x, self.mu_k.to(x.dtype)))
-        v = self.value(torch.lerp(xx, x, self.mu_v.to(x.dtype)))
-        r = self.receptance(torch.lerp(xx, x, self.mu_r.to(x.dtype)))
+        xk, xv, xr = token_mix(x, hw, (self.mu_k, self.mu_v, self.mu_r))
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         # The authors scale both by T (SPEC §2 Decision); the op itself runs in float32 or wider.
         dtype = torch.promote_types(k.dtype, torch.float32)
         y = bi_wkv(k.to(dtype), v.to(dtype), (self.decay / t).to(dtype), (self.first / t).to(dtype))
-        return self.output(torch.sigmoid(r) * self.key_norm(y.to(r.dtype)))
+        return self.output(sigmoid_gate(r, self.key_norm(y.to(r.dtype))))
 
 
 class ChannelMix(nn.Module):
@@ -144,10 +142,9 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
-        xx = q_shift(x, hw)
-        h = torch.square(torch.relu(self.key(torch.lerp(xx, x, self.mu_k.to(x.dtype)))))
-        kv = self.value(self.key_norm(h))
-        return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.mu_r.to(x.dtype)))) * kv
+        xk, xr = token_mix(x, hw, (self.mu_k, self.mu_r))
+        kv = self.value(self.key_norm(relu_sq(self.key(xk))))
+        return sigmoid_gate(self.receptance(xr), kv)
 
 
 def token_mixer(name: str, dim: int) -> nn.Module:
