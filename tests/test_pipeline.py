@@ -124,7 +124,13 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     assert "SYNTHETIC" in (tmp_path / "reports/results.md").read_text()
     results = pd.read_csv(tmp_path / "reports/results.csv")
     assert list(results["run"]) == ["demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"] and set(results["seeds"]) == {1}
-    assert (results["dsc_std"] == 0).all()
+    assert results["source"].str.endswith("metrics.json").all()
+    for out in ["binary", "table3", "table4", "table5", "runs_demo", "runs_synapse_demo", "baseline_complexity"]:
+        assert (tmp_path / f"reports/comparison/{out}.md").is_file(), out
+    assert (tmp_path / "reports/comparison/chart_synapse_demo.png").is_file()
+    runs_demo = pd.read_csv(tmp_path / "reports/comparison/runs_demo.csv")
+    assert runs_demo["dsc"].round(2).tolist() == [round(json.loads(
+        (tmp_path / "reports/evaluate/demo-rwkv_unet_t/metrics.json").read_text())["mean"]["dsc"], 2)]
     for out in ["reports/ablate/attn_none/metrics.json", "reports/ablations/table2.md", "reports/ablations/table11.md",
                 "reports/ablations/complexity.csv", "reports/ablations/bubble_chart.png", "reports/erf/area_ratio.md",
                 "data/checkpoints/ablate/attn_spatial_mix/last.pt", "data/checkpoints/pretrain/rwkv_enc_t/encoder.pt",
