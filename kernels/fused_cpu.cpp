@@ -123,7 +123,7 @@ extern "C" FUSED_CLONES void token_mix_bwd_f32(const float* __restrict x, const 
                                                float* __restrict gmu, int64_t N, int64_t H, int64_t W, int64_t C,
                                                int64_t K, int threads) {
   const int64_t g = C / 4;
-  std::vector<double> total(K * C, 0.0);
+  std::vector<double> total(K * C, 0.0), partial(K * C * threads, 0.0);
   std::vector<float> one_minus(K * C);
   for (int64_t t = 0; t < K * C; ++t) one_minus[t] = 1.0f - mu[t];
 #pragma omp parallel num_threads(threads)
@@ -167,9 +167,10 @@ extern "C" FUSED_CLONES void token_mix_bwd_f32(const float* __restrict x, const 
       }
       for (int64_t t = 0; t < K * C; ++t) mine[t] += row[t];
     }
-#pragma omp critical
-    for (int64_t t = 0; t < K * C; ++t) total[t] += mine[t];
+    std::copy(mine.begin(), mine.end(), partial.begin() + K * C * omp_get_thread_num());
   }
+  // the threads' sums added in thread order: the same bits on every run with this thread count
+  for (size_t t = 0; t < partial.size(); ++t) total[t % (K * C)] += partial[t];
   for (int64_t t = 0; t < K * C; ++t) gmu[t] = float(total[t]);
 }
 
@@ -198,6 +199,23 @@ extern "C" FUSED_CLONES void sigmoid_gate_bwd_f32(const float* __restrict s, con
   }
 }
 
+// Per-thread partial sums go to the thread's own slot and are added in thread order, so that a run with the
+// same thread count gives the same bits every time (a critical section would add them in arrival order).
+inline void publish(std::vector<double>& partial, const std::vector<double>& a, const std::vector<double>& b,
+                    int64_t C) {
+  double* slot = partial.data() + 2 * C * omp_get_thread_num();
+  std::copy(a.begin(), a.end(), slot);
+  std::copy(b.begin(), b.end(), slot + C);
+}
+
+inline void gather(const std::vector<double>& partial, std::vector<double>& a, std::vector<double>& b, int64_t c,
+                   int64_t C) {
+  for (size_t t = 0; t < partial.size() / (2 * C); ++t) {
+    a[c] += partial[2 * C * t + c];
+    b[c] += partial[2 * C * t + C + c];
+  }
+}
+
 // Training-mode BatchNorm over the rows of x (M, C) (channels last), then the activation `act`:
 // mean and invstd = 1 / sqrt(biased var + eps) are written out, with the unbiased variance for the running
 // statistics, and y = act(x * alpha + beta), alpha = invstd * weight, beta = bias - mean * alpha (PyTorch's
@@ -207,7 +225,7 @@ extern "C" FUSED_CLONES void bn_act_fwd_f32(const float* __restrict x, const flo
                                             float* __restrict mean_out, float* __restrict invstd_out,
                                             float* __restrict var_unbiased, int64_t M, int64_t C, double eps,
                                             int act, int threads) {
-  std::vector<double> s1(C, 0.0), s2(C, 0.0);
+  std::vector<double> s1(C, 0.0), s2(C, 0.0), partial(2 * C * threads, 0.0);
   std::vector<float> alpha(C), beta(C);
 #pragma omp parallel num_threads(threads)
   {
@@ -221,14 +239,11 @@ extern "C" FUSED_CLONES void bn_act_fwd_f32(const float* __restrict x, const flo
         b[c] += v * v;
       }
     }
-#pragma omp critical
-    for (int64_t c = 0; c < C; ++c) {
-      s1[c] += a[c];
-      s2[c] += b[c];
-    }
+    publish(partial, a, b, C);
 #pragma omp barrier
 #pragma omp single
     for (int64_t c = 0; c < C; ++c) {
+      gather(partial, s1, s2, c, C);
       const double mean = s1[c] / double(M);
       const double var = std::max(s2[c] / double(M) - mean * mean, 0.0);
       const float invstd = float(1.0 / std::sqrt(var + eps));
@@ -280,7 +295,7 @@ extern "C" FUSED_CLONES void bn_act_bwd_f32(const float* __restrict x, const flo
                                             float* __restrict gx, float* __restrict gweight,
                                             float* __restrict gbias, int64_t M, int64_t C, int act,
                                             int threads) {
-  std::vector<double> sum(C, 0.0), dot(C, 0.0);
+  std::vector<double> sum(C, 0.0), dot(C, 0.0), partial(2 * C * threads, 0.0);
   std::vector<float> alpha(C), beta(C), k(C), gmean(C), scale(C);
   for (int64_t c = 0; c < C; ++c) {
     alpha[c] = invstd[c] * weight[c];
@@ -303,14 +318,11 @@ extern "C" FUSED_CLONES void bn_act_bwd_f32(const float* __restrict x, const flo
         b[c] += double(gzp[c]) * double(xr[c] - mu[c]);
       }
     }
-#pragma omp critical
-    for (int64_t c = 0; c < C; ++c) {
-      sum[c] += a[c];
-      dot[c] += b[c];
-    }
+    publish(partial, a, b, C);
 #pragma omp barrier
 #pragma omp single
     for (int64_t c = 0; c < C; ++c) {
+      gather(partial, sum, dot, c, C);
       gweight[c] = float(dot[c] * invstd[c]);
       gbias[c] = float(sum[c]);
       k[c] = float(dot[c] * invstd[c] * invstd[c] / double(M));
