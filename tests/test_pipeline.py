@@ -71,7 +71,7 @@ def test_notebooks_are_thin_and_stripped():
 def test_dvc_pipeline_is_valid():
     out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "prepare@busi", "train@demo-rwkv_unet_t",
+    assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "train@demo-rwkv_unet_t",
             "evaluate@synapse_demo-rwkv_unet_t", "train@demo-swin_unet", "evaluate@demo-rwkv_unet_t-semi",
             "report", "pretrain_data", "pretrain", "ablate@attn_mhsa",
             "ablate@pre_digits", "ablation_tables", "erf"} <= names
