@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from rwkvlab.models.layers import ConvBNAct
 
-__all__ = ["check_input", "UpConvBlock"]
+__all__ = ["check_channels", "check_input", "UpConvBlock"]
 
 
 class UpConvBlock(nn.Module):
@@ -30,6 +30,14 @@ class UpConvBlock(nn.Module):
         """x: (N, in_chs, H, W), skip: (N, skip_chs, 2H, 2W) or None -> (N, out_chs, 2H, 2W)."""
         x = self.up(x)
         return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+def check_channels(in_chans: int, num_classes: int) -> None:
+    """Raise ``ValueError`` unless a baseline is asked for at least one input channel and one class."""
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
 
 def check_input(x: Tensor, in_chans: int, size_divisor: int, who: str) -> None:

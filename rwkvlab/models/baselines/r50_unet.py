@@ -15,7 +15,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import UpConvBlock, check_input
+from rwkvlab.models.baselines._base import UpConvBlock, check_channels, check_input
 from rwkvlab.models.layers import ConvBNAct
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,7 @@ class R50UNet(nn.Module):
         super().__init__()
         import timm
 
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_channels(in_chans, num_classes)
         if len(decoder_widths) != 4:
             raise ValueError(f"decoder_widths must hold 4 widths, got {tuple(decoder_widths)}")
         self.in_chans, self.num_classes = in_chans, num_classes

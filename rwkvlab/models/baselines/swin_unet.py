@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import check_input
+from rwkvlab.models.baselines._base import check_channels, check_input
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ class SwinUNet(nn.Module):
         super().__init__()
         from monai.networks.nets import SwinUNETR
 
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_channels(in_chans, num_classes)
         if feature_size < 12 or feature_size % 12:
             raise ValueError(f"feature_size must be a positive multiple of 12 (heads 3..24), got {feature_size}")
         self.in_chans, self.num_classes = in_chans, num_classes

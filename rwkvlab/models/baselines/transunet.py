@@ -21,7 +21,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import UpConvBlock, check_input
+from rwkvlab.models.baselines._base import UpConvBlock, check_channels, check_input
 from rwkvlab.models.layers import ConvBNAct
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,7 @@ class TransUNet(nn.Module):
         super().__init__()
         import timm
 
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_channels(in_chans, num_classes)
         if img_size < 16 or img_size % 16:
             raise ValueError(f"img_size must be a positive multiple of 16, got {img_size}")
         if len(decoder_widths) != 4:

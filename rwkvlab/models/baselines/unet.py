@@ -26,20 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from rwkvlab.models._registry import register_model
-from rwkvlab.models.baselines._base import check_input
+from rwkvlab.models.baselines._base import check_channels, check_input
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MonaiUNet", "AttentionUNet"]
 
 FEATURES = (32, 64, 128, 256, 512, 32)
-
-
-def _check_args(in_chans: int, num_classes: int) -> None:
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
 
 class MonaiUNet(nn.Module):
@@ -67,7 +60,7 @@ class MonaiUNet(nn.Module):
         super().__init__()
         from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 
-        _check_args(in_chans, num_classes)
+        check_channels(in_chans, num_classes)
         if len(features) != 6:
             raise ValueError(f"features must hold 6 widths (5 encoder levels, last decoder), got {tuple(features)}")
         self.in_chans, self.num_classes, self.nested = in_chans, num_classes, nested
@@ -121,7 +114,7 @@ class AttentionUNet(nn.Module):
         super().__init__()
         from monai.networks.nets.attentionunet import AttentionBlock, ConvBlock
 
-        _check_args(in_chans, num_classes)
+        check_channels(in_chans, num_classes)
         if len(channels) < 2:
             raise ValueError(f"channels must hold at least 2 widths, got {tuple(channels)}")
         self.in_chans, self.num_classes = in_chans, num_classes
