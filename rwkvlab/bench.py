@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rwkvlab.engine.cpu_memory import keep_freed_memory, malloc_tunable
 from rwkvlab.models.rwkv_unet import SIZES
 from rwkvlab.ops import available_backends, bi_wkv
 from rwkvlab.ops._cpu import cpu_kernels
@@ -93,6 +95,20 @@ def wkv_shapes(batch: int) -> list[WkvShape]:
                 key = ((px // stride) ** 2, round(cfg.dims[stage] * cfg.expansions[stage]))
                 shapes.setdefault(key, []).append(f"{size.upper()}{stage + 1}@{px}")
     return [WkvShape(",".join(labels), batch, t, c) for (t, c), labels in shapes.items()]
+
+
+def cpu_label() -> str:
+    """The CPU's model name, the widest vector instructions PyTorch uses on it, the threads and whether freed memory is
+    kept (:mod:`rwkvlab.engine.cpu_memory`): what a CPU speed ratio depends on (issue 10: an AVX-512 machine runs
+    the convolution-bound BasicUNet about 2x faster than an AVX2 one, the memory-bound RWKV-UNet-T about as fast)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    model = names[0] if names else (platform.processor() or "unknown CPU")
+    malloc = "freed memory kept" if malloc_tunable() else "system malloc"
+    return (f"CPU {model} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+            f"{malloc}")
 
 
 def _sync(device: torch.device) -> None:
@@ -278,6 +294,7 @@ class _Step:
         self.optimizer.step()
 
 
+@keep_freed_memory()
 def bench_steps(configs: Sequence[StepConfig], device: torch.device, steps: int = 3, warmup: int = 1) -> list[StepRow]:
     """Median images/s of each configuration over ``steps`` timed steps after ``warmup`` untimed ones.
 
@@ -648,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if name == "cuda" and not torch.cuda.is_available():
                 parser.error("--device cuda: no CUDA GPU is visible")
             configs = train_configs(device, args.models, args.batch, args.size, args.compile)
-            label = torch.cuda.get_device_name(device) if name == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+            label = torch.cuda.get_device_name(device) if name == "cuda" else cpu_label()
             print(f"\ntrain step and inference on {label}, {args.size}x{args.size}, 9 classes")
             start = time.perf_counter()
             rows = bench_steps(configs, device, steps=args.steps or (10 if name == "cuda" else 3),

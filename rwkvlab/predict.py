@@ -41,6 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rwkvlab.data._base import DataError
+from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.inference import (NIFTI_SLICE_AXIS, NIFTI_SUFFIXES, Mode, input_kind, load_for_prediction,
                                       predict_image, predict_slices, read_input, resolve_device)
 from rwkvlab.io import atomic_write
@@ -157,6 +158,7 @@ def _overlay_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return image[z], labels[z]
 
 
+@keep_freed_memory()
 def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.device, batch_size: int = 4,
                   mode: Mode = "resize", overlap: float = 0.25, window: tuple[float, float] | None = None,
                   overlay: bool = True) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rwkvlab.data.cache import Prepared
+from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.inference import check_image_size, predict, predict_volume
 from rwkvlab.io import atomic_write
 from rwkvlab.metrics import case_metrics
@@ -23,6 +24,7 @@ from rwkvlab.metrics import case_metrics
 __all__ = ["evaluate_split", "evaluate_cases", "summarize", "write_evaluation", "read_evaluation"]
 
 
+@keep_freed_memory()
 def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_size: int,
                    device: torch.device) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Score every case of ``split``: its 2D items per image and its volumes per volume (SPEC §7).

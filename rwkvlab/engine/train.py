@@ -52,6 +52,7 @@ from rwkvlab.data.augment import TwoViews, batch_consistency_loss, train_transfo
 from rwkvlab.data.cache import Prepared
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.inference import check_image_size
@@ -308,6 +309,7 @@ def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: 
                       num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
+@keep_freed_memory()
 def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
         device: torch.device, model_kwargs: dict[str, Any] | None = None, init: Path | None = None,
         num_workers: int = 0, history_csv: Path | None = None, stop_after: int | None = None) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from rwkvlab.config import Params
 from rwkvlab.data._base import DataError, read_image
 from rwkvlab.data.cache import resize_image
+from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab import paths
 from rwkvlab.engine.inference import load_trained
 from rwkvlab.io import atomic_write
@@ -94,6 +95,7 @@ def _feature_encoder(model: nn.Module) -> nn.Module:
                      f"or a model whose .encoder has it")
 
 
+@keep_freed_memory()
 def erf_map(model: nn.Module, images: Tensor, stage: int = -1) -> np.ndarray:
     """The effective receptive field of an encoder stage, averaged over images (SPEC §12).
 

@@ -1,0 +1,65 @@
+"""keep_freed_memory: large CPU tensors stop page-faulting inside it, and the system's malloc is back after it.
+
+Each check runs in a fresh interpreter, so the pytest process's heap and malloc settings play no part. A 64 MiB
+tensor is above glibc's largest mmap threshold, so with the system's settings each one is mapped and faulted
+in anew (16,384 faults of 4 KiB pages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rwkvlab.engine.cpu_memory import _glibc
+
+pytestmark = pytest.mark.skipif(_glibc() is None, reason="malloc tuning exists for glibc Linux only")
+
+PROBE = r"""
+import json, resource, torch
+from rwkvlab.engine.cpu_memory import keep_freed_memory
+
+def faults(rounds):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        x = torch.ones(2**24)
+        y = x * 2
+        z = x + y
+        del x, y, z
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+out = {}
+faults(2)
+out["system"] = faults(10)
+with keep_freed_memory():
+    faults(5)  # the heap grows to its working size
+    out["kept"] = faults(10)
+    with keep_freed_memory():
+        pass
+    out["after_inner"] = faults(10)
+out["after"] = faults(10)
+print(json.dumps(out))
+"""
+
+
+def _probe(**env: str) -> dict[str, int]:
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+                            env={**os.environ, **env})
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_large_tensors_stop_faulting_and_defaults_come_back() -> None:
+    f = _probe()
+    # 30 tensors of 64 MiB: 491,520 pages of 4 KiB with the system's settings (fewer if pages are huge).
+    assert f["system"] > 30 * 16
+    assert f["kept"] * 20 < f["system"], f
+    assert f["after_inner"] * 20 < f["system"], f"the inner context's exit undid the outer one's setting: {f}"
+    assert f["after"] > f["system"] / 2, f"glibc's defaults were not restored on exit: {f}"
+
+
+def test_environment_variable_leaves_malloc_alone() -> None:
+    f = _probe(RWKVLAB_MALLOC="system")
+    assert f["kept"] > f["system"] / 2, f
