@@ -78,9 +78,10 @@ class PretrainRecipe:
 
 @dataclass(frozen=True)
 class Pretrain:
-    """Supervised pretraining of an encoder with its classification head (``rwkvlab.engine.pretrain``)."""
+    """Supervised pretraining of encoders with their classification heads (``rwkvlab.engine.pretrain``): one
+    stage ``pretrain@<model>`` for each of ``models``, all with ``recipes[recipe]``."""
 
-    model: str = "rwkv_enc_t"
+    models: tuple[str, ...] = ("rwkv_enc_t",)
     recipe: str = "demo"         # the entry of ``recipes`` that the stage runs
     nproc: int = 1               # > 1: the notebook launches torchrun --nproc_per_node=nproc
     num_workers: int = 0
@@ -143,8 +144,11 @@ class TrainRun:
         model: a registered model name.
         recipe: a recipe of ``train.recipes``.
         kwargs: model keyword arguments besides channels and classes.
-        seeds: split seeds (of ``prepare.split_seeds``) it is trained on, one training each; the run's
-            summary is the mean and sample std over them (the paper's ± over the three splits).
+        seeds: split seeds (of ``prepare.split_seeds``) it is trained on, one training each (initialised with
+            ``base.seed`` + the split seed); the run's summary is the mean and sample std over them (the paper's
+            ± over the three splits).
+        init: encoder weights to start from, ``pretrain/<encoder model>`` (an encoder of ``pretrain.models``);
+            it replaces the recipe's ``init`` for this run, so runs of several models can share one recipe.
     """
 
     dataset: str
@@ -152,6 +156,7 @@ class TrainRun:
     recipe: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,18 @@ def _check_runs(p: Params) -> None:
     if p.ablate.split_seed not in seeds:
         raise ValueError(f"params: ablate.split_seed {p.ablate.split_seed} is not in prepare.split_seeds "
                          f"{list(p.prepare.split_seeds)}")
+    models = p.pretrain.models
+    if not models or len(set(models)) != len(models) or not all(_RUN_NAME.fullmatch(m) for m in models):
+        raise ValueError(f"params: pretrain.models must be distinct registered encoder names (e.g. [rwkv_enc_t]), "
+                         f"got {list(models)}")
+    inits = {f"train.runs.{n}.init": r.init for n, r in p.train.runs.items()}
+    inits |= {f"train.recipes.{n}.init": r.init for n, r in p.train.recipes.items()}
+    inits |= {f"ablate.variants.{n}.recipe.init": v.recipe.get("init") for n, v in p.ablate.variants.items()}
+    for where, init in inits.items():
+        kind, _, model = (init or "").partition("/")
+        if init is not None and (kind != "pretrain" or model not in models):
+            raise ValueError(f"params: {where} is {init!r}; it must be pretrain/<model> with <model> one of "
+                             f"pretrain.models {list(models)} (the encoders the pretrain stages write), or null")
 
 
 def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:

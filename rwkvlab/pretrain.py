@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (pretrain section)")
     parser.add_argument("--recipe", help="entry of pretrain.recipes (default: pretrain.recipe)")
     parser.add_argument("--data", type=Path, help="ImageFolder root with train/ and val/")
-    parser.add_argument("--model", help="registered encoder with a head, e.g. rwkv_enc_t")
+    parser.add_argument("--model", help="registered encoder with a head, e.g. rwkv_enc_t (default: the one of "
+                        "pretrain.models)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--img-size", type=int, help="training and evaluation size, a multiple of 16")
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     p = config.load(args.params, **({"pretrain.recipe": args.recipe} if args.recipe else {}))
-    model = args.model or p.pretrain.model
+    if args.model is None and len(p.pretrain.models) > 1:
+        parser.error(f"--model: pretrain.models lists {list(p.pretrain.models)}; say which to pretrain")
+    model = args.model or p.pretrain.models[0]
     recipe = with_overrides(p.pretrain.run_recipe(), data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                             img_size=args.img_size)
     out_dir, reports_dir = run_dirs(p, model)

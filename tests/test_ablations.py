@@ -32,7 +32,7 @@ def test_paper_base_when_no_demo_model():
 
 @pytest.mark.parametrize("override,match", [
     ({"ablate.variants.attn_mhsa.recipe": {"epochs_typo": 3}}, r"unknown recipe field\(s\) \['epochs_typo'\]"),
-    ({"ablate.variants.attn_mhsa.recipe": {"init": "imagenet"}}, "init must be 'pretrain/<encoder model>'"),
+    ({"ablate.variants.attn_mhsa.recipe": {"init": "imagenet"}}, "recipe.init is 'imagenet'; it must be pretrain/<model>"),
 ])
 def test_bad_variant_settings(override, match):
     with pytest.raises(ValueError, match=match):

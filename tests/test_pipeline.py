@@ -22,7 +22,7 @@ prepare:
   split_seeds: [0]
   card_montage: 4
 pretrain:
-  model: rwkv_enc_t
+  models: [rwkv_enc_t]
   recipe: tiny
   recipes:
     tiny: {{data: digits, epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 1.0e-5, warmup_epochs: 0, warmup_lr: 1.0e-4,
@@ -73,7 +73,7 @@ def test_dvc_pipeline_is_valid():
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"synthesize", "prepare@demo", "prepare@synapse_demo", "train@demo-rwkv_unet_t",
             "evaluate@synapse_demo-rwkv_unet_t", "train@demo-swin_unet", "evaluate@demo-rwkv_unet_t-semi",
-            "report", "pretrain_data", "pretrain", "ablate@attn_mhsa",
+            "report", "pretrain_data", "pretrain@rwkv_enc_t", "ablate@attn_mhsa",
             "ablate@pre_digits", "ablation_tables", "erf"} <= names
 
 
@@ -98,7 +98,8 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
             run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{name}.ipynb"),
                 parameters={"params_file": str(params), "run": name})
     run(str(ROOT / "notebooks/04_report.ipynb"), str(tmp_path / "04.ipynb"), parameters={"params_file": str(params)})
-    run(str(ROOT / "notebooks/00_pretrain.ipynb"), str(tmp_path / "00.ipynb"), parameters={"params_file": str(params)})
+    run(str(ROOT / "notebooks/00_pretrain.ipynb"), str(tmp_path / "00.ipynb"),
+        parameters={"params_file": str(params), "model": "rwkv_enc_t"})
     for variant in ("attn_none", "attn_spatial_mix", "pre_digits"):
         run(str(ROOT / "notebooks/05_ablations.ipynb"), str(tmp_path / f"05_{variant}.ipynb"),
             parameters={"params_file": str(params), "variant": variant})

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rwkvlab import config
+from rwkvlab.engine.runs import configured_run
 from rwkvlab.profile import apply_profile, main, read_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,16 +92,18 @@ def test_the_paper_profile_is_the_papers_study(paper):
     for name, run in p.train.runs.items():
         assert name == f"{run.dataset}-{run.model}" and run.recipe == run.dataset and run.kwargs == {}
         assert run.seeds == ((0, 1, 2) if run.dataset in THREE_SPLITS else (0,)), name
+        # as in the paper, every RWKV-UNet starts from the ImageNet-pretrained encoder of its size
+        expected_init = f"pretrain/{run.model.replace('unet', 'enc')}" if run.model.startswith("rwkv_unet_") else None
+        assert run.init == expected_init and configured_run(p, name, run.seeds[0]).recipe.init == expected_init, name
     assert (p.ablate.dataset, p.ablate.recipe, p.ablate.model) == ("synapse", "ablate_synapse", None)
     # every variant has a run: its own, or the trained one of the same configuration (the B defaults share one)
     assert all(p.ablate.trained_as(v) is not None for v in p.ablate.variants)
     assert set(p.ablate.variants) - set(p.ablate.trained) == {"enc_rwkv_b", "dec_k9", "glsp_default", "skips3", "ccm_rate2"}
     assert {p.ablate.trained_as(v) for v in ("enc_rwkv_b", "dec_k9", "glsp_default", "skips3", "ccm_rate2")} == {"attn_spatial_mix"}
-    assert (p.pretrain.model, p.pretrain.recipe, p.erf.n) == ("rwkv_enc_b", "imagenet", 50)
-    # Table 7's pretrained row starts from the encoder the pretrain stage writes, of its own base model
+    assert (p.pretrain.models, p.pretrain.recipe, p.erf.n) == (("rwkv_enc_t", "rwkv_enc_s", "rwkv_enc_b"), "imagenet", 50)
+    # Table 7's pretrained row starts from the encoder a pretrain stage writes, of its own base model
     pre = p.ablate.variant("pre_digits")
-    assert pre.recipe["init"] == f"pretrain/{p.pretrain.model}" and p.ablate.base_model("pre_digits") == "rwkv_unet_b"
-    assert p.pretrain.model == p.ablate.base_model("pre_digits").replace("unet", "enc")
+    assert pre.recipe["init"] == "pretrain/rwkv_enc_b" and p.ablate.base_model("pre_digits") == "rwkv_unet_b"
 
 
 def test_dvc_lists_every_stage_of_the_paper(paper, tmp_path):
@@ -114,7 +117,8 @@ def test_dvc_lists_every_stage_of_the_paper(paper, tmp_path):
     assert {f"train@{r}" for r in runs} | {f"evaluate@{r}" for r in runs} <= names
     trained = yaml.safe_load(params.read_text())["ablate"]["trained"]
     assert {f"ablate@{v}" for v in trained} <= names
-    assert {"pretrain", "ablation_tables", "report", "erf"} <= names
+    assert {"pretrain@rwkv_enc_t", "pretrain@rwkv_enc_s", "pretrain@rwkv_enc_b", "ablation_tables", "report",
+            "erf"} <= names
     assert {f"prepare@{d}" for d in TABLES_3_5 + BINARY} <= names
 
     # The benchmarks' raw folders exist (empty) in the repository: a dry run of their prepare stages passes.

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from rwkvlab.config import Params, PretrainRecipe
 from rwkvlab.data._base import DataError
 from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import rank_world, sum_over_ranks
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
@@ -159,6 +160,7 @@ def _amp_dtype(recipe: PretrainRecipe, device: torch.device) -> torch.dtype | No
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+@keep_freed_memory()
 def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: int, device: torch.device,
              reports_dir: Path | None = None, num_workers: int = 0, resume: bool = True,
              stop_after: int | None = None) -> pd.DataFrame:
@@ -309,23 +311,28 @@ def _write_reports(history: list[dict], best: dict[str, Any], model_name: str, r
         atomic_write(Path(reports_dir) / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
-def launch(params_file: str | Path, p: Params, device: torch.device, nproc: int | None = None) -> pd.DataFrame:
-    """Run the ``pretrain`` section of ``p``: in this process, or under ``torchrun`` when ``nproc > 1``.
+def launch(params_file: str | Path, p: Params, model: str, device: torch.device,
+           nproc: int | None = None) -> pd.DataFrame:
+    """Pretrain ``model`` (one of ``pretrain.models``) with the ``pretrain`` section of ``p``: in this process, or
+    under ``torchrun`` when ``nproc > 1``.
 
     Always resumes (the stage's checkpoint folder is persistent). ``nproc`` defaults to ``pretrain.nproc``.
 
     Returns:
         the history (one row per epoch).
     """
+    if model not in p.pretrain.models:
+        raise ValueError(f"params.yaml: {model!r} is not in pretrain.models {list(p.pretrain.models)}")
     nproc = p.pretrain.nproc if nproc is None else nproc
-    out_dir, reports_dir = run_dirs(p, p.pretrain.model)
+    out_dir, reports_dir = run_dirs(p, model)
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "rwkvlab.pretrain", "--params", str(params_file), "--device", device.type, "--resume"]
+               "-m", "rwkvlab.pretrain", "--params", str(params_file), "--model", model, "--device", device.type,
+               "--resume"]
         logger.info("launching %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
         return pd.read_csv(reports_dir / "history.csv")
-    return pretrain(p.pretrain.model, p.pretrain.run_recipe(), out_dir, seed=p.base.seed, device=device,
+    return pretrain(model, p.pretrain.run_recipe(), out_dir, seed=p.base.seed, device=device,
                     reports_dir=reports_dir, num_workers=p.pretrain.num_workers)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from rwkvlab import paths
-from rwkvlab.config import Params, Recipe
+from rwkvlab.config import Params, Recipe, TrainRun
 from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
@@ -98,7 +98,13 @@ def configured_run(p: Params, name: str, seed: int) -> Run:
         raise ValueError(f"params.yaml: train.runs.{name} trains on split seeds {list(configured.seeds)}, "
                          f"not on seed {seed}")
     return _seeded_run(p, name, seed, configured.dataset, configured.model, dict(configured.kwargs),
-                       p.train.recipe(configured.recipe))
+                       _configured_recipe(p, configured))
+
+
+def _configured_recipe(p: Params, run: TrainRun) -> Recipe:
+    """The recipe of a configured run, with the run's own ``init`` in place of the recipe's where it has one."""
+    recipe = p.train.recipe(run.recipe)
+    return recipe if run.init is None else dataclasses.replace(recipe, init=run.init)
 
 
 def train_run(p: Params, dataset: str, model: str, variant: str | None = None, seed: int = 0,
@@ -124,7 +130,7 @@ def train_run(p: Params, dataset: str, model: str, variant: str | None = None, s
         raise ValueError(f"split seed {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
     if name in p.train.runs:
         c = p.train.runs[name]
-        if (c.dataset, c.model, c.kwargs, p.train.recipe(c.recipe)) != (dataset, model, kwargs, run_recipe):
+        if (c.dataset, c.model, c.kwargs, _configured_recipe(p, c)) != (dataset, model, kwargs, run_recipe):
             raise ValueError(f"{name!r} is also a configured run (train.runs.{name}) with other settings; train "
                              f"that one with --run {name}, or pick another recipe or model")
     return _seeded_run(p, name, seed, dataset, model, kwargs, run_recipe)
@@ -150,11 +156,12 @@ def load_data(p: Params, run: Run) -> Prepared:
 def train(p: Params, run: Run, device: torch.device, data: Prepared | None = None) -> pd.DataFrame:
     """Train (or resume) ``run``; returns its history. See :func:`rwkvlab.engine.train.fit`."""
     if run.init is not None and not run.init.is_file():
-        raise FileNotFoundError(f"{run.init}: no pretrained encoder for {run.name} (recipe init); run the pretrain "
-                                f"stage first (dvc repro pretrain)")
+        raise FileNotFoundError(f"{run.init}: no pretrained encoder for {run.name} (init); run its pretrain "
+                                f"stage first (dvc repro pretrain@{run.init.parent.name})")
     data = load_data(p, run) if data is None else data
     logger.info("%s: %s(%s) on %s", run.name, run.model, run.model_kwargs, run.dataset)
-    return fit(run.model, data, run.recipe, run.checkpoints, seed=p.base.seed, device=device,
+    # Each split seed also draws its own initialisation and batches, as the paper's three runs do.
+    return fit(run.model, data, run.recipe, run.checkpoints, seed=p.base.seed + run.split_seed, device=device,
                model_kwargs=run.model_kwargs, init=run.init, num_workers=p.train.num_workers,
                history_csv=run.history)
 

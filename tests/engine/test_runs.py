@@ -1,12 +1,14 @@
 """Configured and ad-hoc runs resolve from params.yaml alone, per split seed; a run's seeds are summarised as the
 paper reports its 8:1:1 sets (mean and sample std)."""
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rwkvlab import config, paths
 from rwkvlab.engine import runs
@@ -38,6 +40,39 @@ def test_configured_run_per_seed(p, tmp_path):
         runs.configured_run(p, "demo-swin", 1)
     with pytest.raises(ValueError, match="train.runs has no run 'demo-b'; runs: demo-t, demo-swin"):
         runs.configured_run(p, "demo-b", 0)
+
+
+def test_a_runs_init_replaces_its_recipes(tmp_path):
+    with_init = {**RUNS, "demo-t": {**RUNS["demo-t"], "init": "pretrain/rwkv_enc_t"}}
+    p = config.load(ROOT / "params.yaml", **{"base.checkpoints_dir": str(tmp_path / "ck"), "train.runs": with_init})
+    run = runs.configured_run(p, "demo-t", 1)
+    assert run.init == tmp_path / "ck" / "pretrain" / "rwkv_enc_t" / "encoder.pt"
+    assert run.recipe == dataclasses.replace(p.train.recipes["demo"], init="pretrain/rwkv_enc_t")
+    assert runs.configured_run(p, "demo-swin", 0).init is None  # the same recipe, other runs: untouched
+    # an ad-hoc run of the same dataset, model and recipe but without the init is another run
+    with pytest.raises(ValueError, match="'demo-t' is also a configured run"):
+        runs.train_run(config.load(ROOT / "params.yaml", **{"train.runs": {"demo-t": with_init["demo-t"]}}),
+                       "demo", "t")
+
+
+@pytest.mark.parametrize("override,where", [
+    ({"train.runs": {"x": {"dataset": "demo", "model": "rwkv_unet_s", "recipe": "demo", "init": "pretrain/rwkv_enc_s"}}},
+     "train.runs.x.init"),
+    ({"train.recipes.demo.init": "pretrain/rwkv_enc_b"}, "train.recipes.demo.init"),
+    ({"ablate.variants.pre_digits.recipe": {"init": "pretrain/rwkv_enc_b"}}, "ablate.variants.pre_digits.recipe.init"),
+])
+def test_an_init_must_name_a_pretrained_encoder(override, where):
+    with pytest.raises(ValueError, match=rf"{where} is 'pretrain/rwkv_enc_.'; it must be pretrain/<model> with "
+                                         rf"<model> one of pretrain.models \['rwkv_enc_t'\]"):
+        config.load(ROOT / "params.yaml", **override)
+
+
+def test_each_split_seed_trains_with_its_own_seed(p, monkeypatch):
+    seen = []
+    monkeypatch.setattr(runs, "fit", lambda *args, seed, **kwargs: seen.append(seed))
+    for split in (0, 2):
+        runs.train(p, runs.configured_run(p, "demo-t", split), torch.device("cpu"), data=object())
+    assert seen == [p.base.seed, p.base.seed + 2]
 
 
 def test_load_data_reads_the_runs_split(p, monkeypatch):
