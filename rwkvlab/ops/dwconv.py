@@ -107,4 +107,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, stride: int = 1, padding: int = 
     if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
         raise ValueError(f"depthwise_conv2d: weight must be (C, 1, K, K) with C = {x.shape[1]} input channels, "
                          f"got {tuple(weight.shape)}")
+    if torch.is_autocast_enabled(x.device.type):
+        # Autocast casts inside F.conv2d, so the saved float32 tensors would not match a bfloat16 output gradient;
+        # the kernel is float32-only anyway.
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
     return _DepthwiseConv2d.apply(x, weight, stride, padding)

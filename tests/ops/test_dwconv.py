@@ -34,6 +34,25 @@ def test_matches_float64_conv(n, c, h, w, k, stride, channels_last):
     assert rel_err(weight.grad, wd.grad) <= 1e-6
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_autocast_trains_as_conv2d(stride):
+    # the float32 leaves get float32 gradients from a bfloat16 forward, as nn.Conv2d's under autocast
+    x = torch.randn(2, 6, 10, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(6, 1, 5, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = depthwise_conv2d(x, weight, stride, 2)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    xr, wr = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.conv2d(xr, wr, stride=stride, padding=2, groups=6)
+    ref.float().square().sum().backward()
+    torch.testing.assert_close(y, ref)
+    assert x.grad.dtype == weight.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(weight.grad, wr.grad)
+
+
 def test_float64_gradcheck():
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
