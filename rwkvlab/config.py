@@ -191,6 +191,8 @@ class Variant:
         size: input size (H = W) at which the paper counts the row's FLOPs.
         num_classes: classes at which the paper counts them (Synapse: 9).
         recipe: recipe fields that override the ablation recipe when this variant is trained (e.g. ``init``).
+        dataset: the prepared dataset it trains and is tested on when not ``ablate.dataset``: the same images
+            prepared at another size (Table 13: ``synapse_512``, Synapse at 512 x 512).
     """
 
     table: str
@@ -200,6 +202,7 @@ class Variant:
     size: int = 224
     num_classes: int = 9
     recipe: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,10 @@ class Ablate:
         """The model a trained variant applies its settings to."""
         return self.model or self.variant(name).model
 
+    def dataset_of(self, name: str) -> str:
+        """The prepared dataset variant ``name`` trains and is tested on."""
+        return self.variant(name).dataset or self.dataset
+
     def trained_as(self, name: str) -> str | None:
         """The trained variant whose run is ``name``'s: itself if trained, else the first trained one with the same
         base model, kwargs, recipe fields and size (one configuration is one run, e.g. Table 7's "without" row and
@@ -233,7 +240,7 @@ class Ablate:
 
         def configuration(n: str) -> tuple:
             v = self.variant(n)
-            return self.base_model(n), v.kwargs, v.recipe, v.size
+            return self.base_model(n), v.kwargs, v.recipe, v.size, self.dataset_of(n)
 
         return next((t for t in self.trained if configuration(t) == configuration(name)), None)
 
@@ -311,6 +318,12 @@ def _check_runs(p: Params) -> None:
         if not run.seeds or len(set(run.seeds)) != len(run.seeds) or not set(run.seeds) <= seeds:
             raise ValueError(f"{where}.seeds must be distinct split seeds of prepare.split_seeds "
                              f"{list(p.prepare.split_seeds)}, got {list(run.seeds)}")
+    for name in p.ablate.trained:
+        dataset = p.ablate.dataset_of(name)
+        if dataset not in p.prepare.datasets:
+            where = f"ablate.variants.{name}.dataset" if p.ablate.variant(name).dataset else "ablate.dataset"
+            raise ValueError(f"params: {where} {dataset!r} (trained variant {name}) is not in prepare.datasets; "
+                             f"datasets: {sorted(p.prepare.datasets)}")
     if p.ablate.split_seed not in seeds:
         raise ValueError(f"params: ablate.split_seed {p.ablate.split_seed} is not in prepare.split_seeds "
                          f"{list(p.prepare.split_seeds)}")

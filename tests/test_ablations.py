@@ -25,6 +25,20 @@ def test_ablation_run_applies_the_variant():
     assert adhoc.checkpoints.parent.name == "demo-rwkv_unet_t-attn_mhsa"
 
 
+def test_a_variant_can_train_on_its_own_dataset(tmp_path):
+    # Table 13: Synapse prepared at 512 x 512, beside the 224 x 224 of the other variants
+    datasets = {**{k: str(v) for k, v in P.prepare.datasets.items()}, "synapse_512": str(tmp_path)}
+    with_512 = {"prepare.datasets": datasets, "ablate.trained": ["attn_spatial_mix", "b_512"]}
+    p = config.load(ROOT / "params.yaml", **with_512)
+    run = ablation_run(p, "b_512")
+    assert (run.dataset, run.model_kwargs) == ("synapse_512", {}) and p.prepare.image_size["synapse_512"] == (512, 512)
+    assert ablation_run(p, "attn_spatial_mix").dataset == P.ablate.dataset
+    assert p.ablate.trained_as("b_512") == "b_512"
+    with pytest.raises(ValueError, match=r"ablate.variants.b_512.dataset 'synapse_512' \(trained variant b_512\) "
+                                         r"is not in prepare.datasets"):
+        config.load(ROOT / "params.yaml", **{"ablate.trained": ["b_512"]})
+
+
 def test_paper_base_when_no_demo_model():
     p = config.load(ROOT / "params.yaml", **{"ablate.model": None})
     assert ablation_run(p, "s_shallow_attn").model == "rwkv_unet_s"

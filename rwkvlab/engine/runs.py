@@ -138,11 +138,12 @@ def train_run(p: Params, dataset: str, model: str, variant: str | None = None, s
 
 def ablation_run(p: Params, variant: str) -> Run:
     """The run of the ablation stage ``ablate@<variant>``: the variant's settings on ``ablate.model`` (or its own
-    base model), trained on ``ablate.dataset`` with ``train.recipes.<ablate.recipe>`` plus its recipe fields."""
+    base model), trained on ``ablate.dataset`` (or the variant's own ``dataset``) with
+    ``train.recipes.<ablate.recipe>`` plus its recipe fields."""
     v = p.ablate.variant(variant)
     recipe = _with_recipe_fields(p.train.recipe(p.ablate.recipe), v.recipe, f"ablate.variants.{variant}.recipe")
     out = paths.ablation_dir(p, variant)
-    return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
+    return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset_of(variant), split_seed=p.ablate.split_seed,
                model=p.ablate.base_model(variant),
                model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
                checkpoints=paths.ablation_run_dir(p, variant), history=out / "history.csv", evaluation=out)
