@@ -99,8 +99,8 @@ def wkv_shapes(batch: int) -> list[WkvShape]:
 
 def cpu_label() -> str:
     """The CPU's model name, the widest vector instructions PyTorch uses on it, the threads and whether freed memory is
-    kept (:mod:`rwkvlab.engine.cpu_memory`): what a CPU speed ratio depends on (issue 10: an AVX-512 machine runs
-    the convolution-bound BasicUNet about 2x faster than an AVX2 one, the memory-bound RWKV-UNet-T about as fast)."""
+    kept (:mod:`rwkvlab.engine.cpu_memory`): what a CPU speed ratio depends on (issue 10: two 2-core machines ran the
+    convolution-bound BasicUNet 2x apart, the memory-bound RWKV-UNet-T about as fast)."""
     try:
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
     except OSError:

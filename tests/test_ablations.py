@@ -7,7 +7,8 @@ import pytest
 
 from rwkvlab import config
 from rwkvlab.engine.runs import ablation_run, resolve_init, train_run
-from rwkvlab.report.ablations import ablation_tables, bubble_chart, paper_row, write_ablation_tables
+from rwkvlab.report.ablations import (ablation_setting, ablation_tables, bubble_chart, paper_row,
+                                      write_ablation_tables)
 
 ROOT = Path(__file__).resolve().parents[1]
 P = config.load(ROOT / "params.yaml")
@@ -34,6 +35,9 @@ def test_a_variant_can_train_on_its_own_dataset(tmp_path):
     assert (run.dataset, run.model_kwargs) == ("synapse_512", {}) and p.prepare.image_size["synapse_512"] == (512, 512)
     assert ablation_run(p, "attn_spatial_mix").dataset == P.ablate.dataset
     assert p.ablate.trained_as("b_512") == "b_512"
+    setting = ablation_setting(p.ablate)
+    assert "on their own dataset: b_512 on synapse_512)" in setting and "pre_none = attn_spatial_mix" in setting
+    assert "own dataset" not in ablation_setting(P.ablate)
     with pytest.raises(ValueError, match=r"ablate.variants.b_512.dataset 'synapse_512' \(trained variant b_512\) "
                                          r"is not in prepare.datasets"):
         config.load(ROOT / "params.yaml", **{"ablate.trained": ["b_512"]})

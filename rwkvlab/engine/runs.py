@@ -65,14 +65,11 @@ class Run:
 
 
 def resolve_init(p: Params, init: str | None) -> Path | None:
-    """The file a recipe's ``init`` names: ``pretrain/<encoder model>`` is the pretrain stage's ``encoder.pt``."""
+    """The file an ``init`` names: ``pretrain/<encoder model>`` is the ``encoder.pt`` of stage ``pretrain@<model>``
+    (the form is checked when params.yaml is loaded)."""
     if init is None:
         return None
-    kind, _, model = init.partition("/")
-    if kind != "pretrain" or not model:
-        raise ValueError(f"params.yaml: recipe field init must be 'pretrain/<encoder model>' (e.g. pretrain/rwkv_enc_t) "
-                         f"or null; got {init!r}")
-    return p.base.checkpoints_dir / "pretrain" / model / "encoder.pt"
+    return p.base.checkpoints_dir / "pretrain" / init.partition("/")[2] / "encoder.pt"
 
 
 def _with_recipe_fields(recipe: Recipe, fields: dict[str, Any], where: str) -> Recipe:

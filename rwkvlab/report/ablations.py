@@ -21,8 +21,8 @@ import pandas as pd  # noqa: E402
 
 from rwkvlab.report.tables import paper_table, write_table  # noqa: E402
 
-__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_tables", "write_ablation_tables",
-           "draw_bubbles", "bubble_chart"]
+__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_setting", "ablation_tables",
+           "write_ablation_tables", "draw_bubbles", "bubble_chart"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,17 @@ def ablation_tables(variants: Mapping[str, Any], complexity: pd.DataFrame,
             "rel_diff_%": None if c is None or paper["flops_g"] is None else round(100 * (c["macs_g"] / paper["flops_g"] - 1), 2),
         })
     return {t: pd.DataFrame(rows) for t, rows in sorted(tables.items(), key=lambda kv: int(kv[0]))}
+
+
+def ablation_setting(ablate: Any) -> str:
+    """The line under every ablation table that says what ours are: base model, dataset, recipe, the trained
+    variants, the variants that share a run (:meth:`rwkvlab.config.Ablate.trained_as`) and those trained on their
+    own dataset."""
+    shared = ", ".join(f"{v} = {t}" for v in ablate.variants if (t := ablate.trained_as(v)) not in (None, v))
+    own = ", ".join(f"{v} on {ablate.dataset_of(v)}" for v in ablate.trained if ablate.dataset_of(v) != ablate.dataset)
+    return (f"Ours: {ablate.model or 'each variant on its paper base model'} trained on {ablate.dataset} with recipe "
+            f"{ablate.recipe} (trained: {', '.join(ablate.trained)}{'; the same run: ' + shared if shared else ''}"
+            f"{'; on their own dataset: ' + own if own else ''}); paper: RWKV-UNet-B on Synapse.")
 
 
 def write_ablation_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, notes: Mapping[str, str],
