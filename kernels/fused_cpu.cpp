@@ -40,7 +40,7 @@ inline float lerp(float start, float end, float w) {
 }
 
 // Where channel groups 0..3 of pixel (h, w) take their shifted value from: the pixel to the left, right,
-// above, below (SPEC §2); nullptr at the border, where the shift fills zeros.
+// above, below (docs §2); nullptr at the border, where the shift fills zeros.
 struct Shift {
   const float* src[4];
 };

@@ -1,4 +1,4 @@
-// Bi-WKV on the CPU (SPEC §2): exact O(T) scans in log space. Plain C++ with a C ABI (called through
+// Bi-WKV on the CPU (docs §2): exact O(T) scans in log space. Plain C++ with a C ABI (called through
 // ctypes), without torch headers, so the JIT build takes seconds.
 //
 // Per (batch, block of channels) the sums over the tokens left and right of t are first-order

@@ -1,4 +1,4 @@
-// Bi-WKV forward and backward on CUDA (SPEC §2): exact, O(T), any N, T and C.
+// Bi-WKV forward and backward on CUDA (docs §2): exact, O(T), any N, T and C.
 // Plain CUDA with a C ABI (called through ctypes), without torch headers, so the JIT build is short.
 // rwkvlab/ops/_cpu.py:ChunkedScan is the same algorithm in PyTorch; the tests check it on the CPU.
 //

@@ -19,7 +19,7 @@ the whole-volume implementation and with :func:`rwkvlab.metrics.case_metrics` (b
 and their ratio, checks that the results are bit-identical (target: <= 5 s per volume, issue 11), and
 with ``--volumes`` > 1 times :func:`rwkvlab.engine.evaluate.evaluate_cases` over them in parallel.
 
-``wkv`` times every Bi-WKV path (issue 3, SPEC §2, §9).
+``wkv`` times every Bi-WKV path (issue 3, docs §2, §9).
 
 For the shapes Spatial Mix sees in RWKV-UNet (stages 3 and 4, T/S/B, 224 and 512 px: T = (H/8)^2 and
 (H/16)^2, C = the stage's dim x expansion) plus (N, 784, 576), with batch 1 on the CPU and 24 on a
@@ -226,7 +226,7 @@ def _format(rows: Sequence[WkvRow], bandwidth: float) -> list[str]:
 TRAIN_MODELS = ("rwkv_unet_t", "rwkv_unet_s", "rwkv_unet_b")
 # MONAI BasicUNet(features=(32, 64, 128, 256, 512, 32)), registered as ``unet`` (7.78M parameters).
 BASELINE_MODEL = "unet"
-# The authors' release on an H100 (SPEC §9), images/s, for the summary.
+# The authors' release on an H100 (docs §9), images/s, for the summary.
 AUTHORS_H100 = {("rwkv_unet_b", "train", "fp32"): 153, ("rwkv_unet_b", "train", "bf16"): 179,
                 ("rwkv_unet_b", "infer", "fp32"): 550, ("rwkv_unet_b", "infer", "bf16"): 669,
                 ("rwkv_unet_s", "train", "fp32"): 201}
@@ -360,7 +360,7 @@ def train_configs(device: torch.device, models: Sequence[str] | None = None, bat
 def format_steps(rows: Sequence[StepRow]) -> list[str]:
     """A table of images/s and peak memory, with each row's speed over its reference: the baseline model (the
     same mode and precision) on the CPU, the same model in fp32 eager NCHW on a GPU; and the authors' H100 figure
-    (SPEC §9) where there is one."""
+    (docs §9) where there is one."""
     by = {(r.config.model, r.config.mode, r.config.precision, r.config.channels_last, r.config.compiled): r
           for r in rows}
     head = f"{'configuration':<46} {'batch':>5} {'img/s':>9} {'peak GiB':>9} {'x ref':>7} {'authors':>8}  reference"

@@ -1,4 +1,4 @@
-"""Per-case segmentation metrics with the paper's TransUNet protocol (SPEC §7).
+"""Per-case segmentation metrics with the paper's TransUNet protocol (docs §7).
 
 HD95 pools the surface distances of both directions and takes their 95th percentile, which equals
 MedPy's ``hd95`` bit for bit. MONAI's ``HausdorffDistanceMetric(percentile=95)`` takes the larger of
@@ -48,7 +48,7 @@ def _directed_distances(surface_a: np.ndarray, surface_b: np.ndarray, spacing: n
 
 
 def _score(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray | None) -> tuple[float, float]:
-    """(DSC, HD95) of two boolean masks of one shape: the SPEC §7 formula with its empty-case rules."""
+    """(DSC, HD95) of two boolean masks of one shape: the docs §7 formula with its empty-case rules."""
     if pred.any() and gt.any():
         dsc = 2.0 * np.count_nonzero(pred & gt) / (np.count_nonzero(pred) + np.count_nonzero(gt))
         surface_p, surface_g = _surface(pred), _surface(gt)

@@ -1,4 +1,4 @@
-"""Training augmentation with MONAI dictionary transforms (SPEC §6).
+"""Training augmentation with MONAI dictionary transforms (docs §6).
 
 Recipes (``train.recipes.<dataset>.augment`` in ``params.yaml``):
 
@@ -71,7 +71,7 @@ class _WithoutMeta(mt.Compose):
 
 
 class TwoViews(mt.Randomizable):
-    """Two random views of an unlabelled image for a consistency loss (FUGC, SPEC §6).
+    """Two random views of an unlabelled image for a consistency loss (FUGC, docs §6).
 
     Each view gets an independent rot90 (square images only) and flip, recorded so that
     :func:`invert_view` maps a prediction on the view back onto the original grid, plus
@@ -120,7 +120,7 @@ def invert_view(x: torch.Tensor, geom: tuple[int, bool]) -> torch.Tensor:
 
 def consistency_loss(pred1: torch.Tensor, pred2: torch.Tensor, geom1: tuple[int, bool],
                      geom2: tuple[int, bool]) -> torch.Tensor:
-    """MSE between the softmax predictions on two views, compared on the original grid (SPEC §6).
+    """MSE between the softmax predictions on two views, compared on the original grid (docs §6).
 
     Shape:
         pred1, pred2: logits (K, H, W) of one image's two views -> scalar.

@@ -7,7 +7,7 @@ preparing twice gives identical bytes):
   uint8 for colour photographs (C = 3) or float16 in [0, 1] for grey images (C = 1); ``masks``
   (N, H, W) uint8; ``ids``, ``groups`` (strings), ``labelled`` (bool) and ``sizes`` (N, 2), the
   original (H, W).
-* Volumes (``volume`` cases) at their original resolution, for the volume protocol of SPEC §7:
+* Volumes (``volume`` cases) at their original resolution, for the volume protocol of docs §7:
   ``volume_ids``, ``volume_shapes`` (M, 3), ``volume_offsets`` (M,) and the flattened
   ``volume_images`` (float32, the values the reader returned) and ``volume_labels`` (uint8).
   float32, not float16 as the 2D items: the protocol must give TransUNet's bits, and TransUNet reads

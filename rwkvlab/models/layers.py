@@ -88,7 +88,7 @@ class ConvBNAct(nn.Sequential):
 
 
 def q_shift(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """One-pixel quad-directional token shift of Vision-RWKV (SPEC §2), zero fill.
+    """One-pixel quad-directional token shift of Vision-RWKV (docs §2), zero fill.
 
     With ``g = C // 4``: channels [0, g) take the pixel to their left, [g, 2g) the pixel to their
     right, [2g, 3g) the pixel above, [3g, 4g) the pixel below; the rest are unchanged.
@@ -171,7 +171,7 @@ class _TokenMix(torch.autograd.Function):
 
 
 def token_mix(x: Tensor, hw: tuple[int, int], mus: Sequence[Tensor]) -> list[Tensor]:
-    """``[torch.lerp(q_shift(x, hw), x, mu) for mu in mus]``: the token-shift mixes of the RWKV mixers (SPEC §2),
+    """``[torch.lerp(q_shift(x, hw), x, mu) for mu in mus]``: the token-shift mixes of the RWKV mixers (docs §2),
     fused on the CPU (module docstring).
 
     Args:
@@ -212,7 +212,7 @@ class _ReluSq(torch.autograd.Function):
 
 
 def relu_sq(x: Tensor) -> Tensor:
-    """``torch.square(torch.relu(x))`` (the Channel Mix activation, SPEC §2), fused on the CPU."""
+    """``torch.square(torch.relu(x))`` (the Channel Mix activation, docs §2), fused on the CPU."""
     if _fused(x) is None:
         return torch.square(torch.relu(x))
     return _ReluSq.apply(x)
@@ -236,7 +236,7 @@ class _SigmoidGate(torch.autograd.Function):
 
 
 def sigmoid_gate(r: Tensor, v: Tensor) -> Tensor:
-    """``torch.sigmoid(r) * v`` (the receptance gate, SPEC §2), its backward fused on the CPU; ``r`` and ``v``
+    """``torch.sigmoid(r) * v`` (the receptance gate, docs §2), its backward fused on the CPU; ``r`` and ``v``
     of one shape there (broadcasting takes the plain path)."""
     if r.shape != v.shape or _fused(r, v) is None:
         return torch.sigmoid(r) * v

@@ -1,9 +1,9 @@
-"""The alternative token mixers of the paper's Table 2 ablation (SPEC §10), and the selective scan of Mamba.
+"""The alternative token mixers of the paper's Table 2 ablation (docs §10), and the selective scan of Mamba.
 
 Every mixer maps tokens ``(N, T, C)``, ``T = H*W`` in row-major order, to ``(N, T, C)`` and takes the grid
 ``hw`` in ``forward``, so any input size works. ``extra_macs`` returns the multiply-accumulates a mixer does
 outside its ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (those are counted by module hooks), which
-the complexity counter reports apart (SPEC §11).
+the complexity counter reports apart (docs §11).
 
 * :class:`MHSA`: softmax multi-head self-attention (timm's ``Attention``).
 * :class:`FocusedLinearAttention`: FLatten Transformer (Han et al., ICCV 2023).
@@ -44,7 +44,7 @@ def _check_tokens(x: Tensor, hw: tuple[int, int], who: str) -> None:
 
 
 class MHSA(Attention):
-    """Multi-head softmax self-attention over all tokens (SPEC §10, Table 2 "MHSA").
+    """Multi-head softmax self-attention over all tokens (docs §10, Table 2 "MHSA").
 
     timm's ``Attention``: ``qkv`` Linear C -> 3C without bias (timm's default ``qkv_bias=False``), softmax(q k^T /
     sqrt(d)) v per head through ``F.scaled_dot_product_attention`` (timm's ``use_fused_attn``), output Linear
@@ -73,14 +73,14 @@ class MHSA(Attention):
     def extra_macs(self, n: int, hw: tuple[int, int]) -> dict[str, int]:
         """The two attention products, q k^T and attn v: ``2 n T^2 C`` MACs (softmax not counted).
 
-        The paper's Table 2 row (+7.44G over the Spatial Mix) counts these as 2 FLOPs per MAC (SPEC §10).
+        The paper's Table 2 row (+7.44G over the Spatial Mix) counts these as 2 FLOPs per MAC (docs §10).
         """
         t = hw[0] * hw[1]
         return {"attention": 2 * n * t * t * self.attn_dim}
 
 
 class FocusedLinearAttention(nn.Module):
-    """Focused linear attention of the FLatten Transformer (Han et al., ICCV 2023; SPEC §10).
+    """Focused linear attention of the FLatten Transformer (Han et al., ICCV 2023; docs §10).
 
     ``q = Linear(x)``, ``k, v = Linear(x)`` (no bias); ``q, k <- (ReLU(.) + 1e-6) / softplus(scale)`` with a learned
     ``scale`` of shape (1, 1, C) (init 0); focusing: ``q <- q^f * |q| / |q^f|`` (norms over all C channels, f = 3),
@@ -395,7 +395,7 @@ class SelectiveSSM(nn.Module):
 
 
 class BiMamba(nn.Module):
-    """Vision Mamba's bidirectional block ("v2", Zhu et al. 2024; SPEC §10).
+    """Vision Mamba's bidirectional block ("v2", Zhu et al. 2024; docs §10).
 
     ``x, z = in_proj(tokens)`` (C -> 2 E C, no bias); a forward :class:`SelectiveSSM` on x and a backward one,
     with its own parameters, on the flipped sequence; ``out_proj(SiLU(z) * (y_fwd + flip(y_bwd)) / 2)`` (E C -> C,

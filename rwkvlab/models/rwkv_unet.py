@@ -1,6 +1,6 @@
 """RWKV-UNet (Jiang et al., 2025): encoder of GLSP blocks, CCM skips and a UNet decoder.
 
-Everything here follows ``SPEC.md`` §1-4. One implementation; the sizes T/S/B are rows of a
+Everything here follows docs §1-4. One implementation; the sizes T/S/B are rows of a
 config table and registered as ``rwkv_unet_t|s|b`` (segmentation) and ``rwkv_enc_t|s|b``
 (the encoder with its ImageNet head, for pretraining).
 """
@@ -28,7 +28,7 @@ MIXERS = ("spatial_mix", "none", "mhsa", "focused_linear", "bi_mamba")
 
 @dataclass(frozen=True)
 class RWKVUNetCfg:
-    """Architecture of one RWKV-UNet size (SPEC §1, table) and the switches of the paper's ablations (SPEC §10).
+    """Architecture of one RWKV-UNet size (docs §1, table) and the switches of the paper's ablations (docs §10).
 
     Args:
         depths: blocks per stage 1-4.
@@ -92,7 +92,7 @@ SIZES: dict[str, RWKVUNetCfg] = {
 
 
 class SpatialMix(nn.Module):
-    """Vision-RWKV spatial mix: Q-shift, token mixing by Bi-WKV, receptance gate (SPEC §2).
+    """Vision-RWKV spatial mix: Q-shift, token mixing by Bi-WKV, receptance gate (docs §2).
 
     Args:
         dim: channels C.
@@ -116,14 +116,14 @@ class SpatialMix(nn.Module):
         t = x.shape[1]
         xk, xv, xr = token_mix(x, hw, (self.mu_k, self.mu_v, self.mu_r))
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
-        # The authors scale both by T (SPEC §2 Decision); the op itself runs in float32 or wider.
+        # The authors scale both by T (docs §2 Decision); the op itself runs in float32 or wider.
         dtype = torch.promote_types(k.dtype, torch.float32)
         y = bi_wkv(k.to(dtype), v.to(dtype), (self.decay / t).to(dtype), (self.first / t).to(dtype))
         return self.output(sigmoid_gate(r, self.key_norm(y.to(r.dtype))))
 
 
 class ChannelMix(nn.Module):
-    """Vision-RWKV channel mix with squared-ReLU hidden layer (SPEC §2), used by CCM.
+    """Vision-RWKV channel mix with squared-ReLU hidden layer (docs §2), used by CCM.
 
     Args:
         dim: channels C.
@@ -157,7 +157,7 @@ def token_mixer(name: str, dim: int) -> nn.Module:
 
 
 class GLSPBlock(nn.Module):
-    """Global-local spatial perception block (SPEC §1); with ``mixer=None`` an LP block.
+    """Global-local spatial perception block (docs §1); with ``mixer=None`` an LP block.
 
     Args:
         in_chs: input channels din.
@@ -227,7 +227,7 @@ def _check_channels(x: Tensor, in_chans: int, who: str) -> None:
 
 
 class RWKVEncoder(nn.Module):
-    """RWKV-UNet encoder: stem and four stages of GLSP/LP blocks (SPEC §1).
+    """RWKV-UNet encoder: stem and four stages of GLSP/LP blocks (docs §1).
 
     Args:
         cfg: architecture.
@@ -328,7 +328,7 @@ class TimmEncoder(nn.Module):
 
 
 class CCM(nn.Module):
-    """Cross-Channel Mix over the kept skips (SPEC §3).
+    """Cross-Channel Mix over the kept skips (docs §3).
 
     Args:
         dims: channels of the skip features, shallowest first (stage 1, 2, 3 in the paper).
@@ -364,7 +364,7 @@ class CCM(nn.Module):
 
 
 class UpBlock(nn.Sequential):
-    """Decoder block (SPEC §4): 1x1 -> depthwise kxk -> 1x1, each with BN and activation, then upsampling."""
+    """Decoder block (docs §4): 1x1 -> depthwise kxk -> 1x1, each with BN and activation, then upsampling."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel: int = 9, scale: int = 2) -> None:
         super().__init__(
@@ -376,7 +376,7 @@ class UpBlock(nn.Sequential):
 
 
 class RWKVUNet(nn.Module):
-    """RWKV-UNet for segmentation (SPEC §1-4), with the switches of the paper's ablations (SPEC §10).
+    """RWKV-UNet for segmentation (docs §1-4), with the switches of the paper's ablations (docs §10).
 
     Args:
         cfg: architecture.

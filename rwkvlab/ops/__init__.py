@@ -1,4 +1,4 @@
-"""Operators: the Bi-WKV attention of RWKV-UNet (SPEC §2)."""
+"""Operators: the Bi-WKV attention of RWKV-UNet (docs §2)."""
 
 from rwkvlab.ops.bi_wkv import available_backends, bi_wkv
 

@@ -1,4 +1,4 @@
-"""Fast exact Bi-WKV (SPEC §2): the CPU kernel, a pure-PyTorch chunked scan and the kernel build helper.
+"""Fast exact Bi-WKV (docs §2): the CPU kernel, a pure-PyTorch chunked scan and the kernel build helper.
 
 Every fast path computes ``y`` and ``lz = log(softmax denominator)`` in one forward pass and the four
 gradients in one backward pass, all O(T) and in log space (a running maximum, so exp() only ever sees
@@ -368,7 +368,7 @@ class ChunkedScan:
 
 
 def bi_wkv_chunked(k: Tensor, v: Tensor, w: Tensor, u: Tensor, chunks: int | None = None) -> Tensor:
-    """Bi-WKV (SPEC §2) by the pure-PyTorch chunked scan, on any device.
+    """Bi-WKV (docs §2) by the pure-PyTorch chunked scan, on any device.
 
     Args:
         k: keys, (N, T, C).
@@ -384,7 +384,7 @@ def bi_wkv_chunked(k: Tensor, v: Tensor, w: Tensor, u: Tensor, chunks: int | Non
 
 
 def bi_wkv_cpu(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
-    """Bi-WKV (SPEC §2) on CPU tensors by the C++ kernel, else the chunked scan (logged once).
+    """Bi-WKV (docs §2) on CPU tensors by the C++ kernel, else the chunked scan (logged once).
 
     Args:
         k: keys, (N, T, C).

@@ -1,4 +1,4 @@
-"""CUDA Bi-WKV backend (SPEC §2): ``kernels/wkv_cuda.cu``, built on first use.
+"""CUDA Bi-WKV backend (docs §2): ``kernels/wkv_cuda.cu``, built on first use.
 
 The kernel is plain CUDA with a C ABI, built by :func:`torch.utils.cpp_extension.load` (ninja) into
 ``<repo>/build/torch_extensions/rwkvlab_wkv_cuda`` for the architectures in ``TORCH_CUDA_ARCH_LIST``
@@ -114,7 +114,7 @@ def cuda_kernels() -> CudaKernels | None:
 
 
 def bi_wkv_cuda(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> Tensor:
-    """Bi-WKV (SPEC §2) on CUDA tensors by the CUDA kernel, else the chunked scan (logged once).
+    """Bi-WKV (docs §2) on CUDA tensors by the CUDA kernel, else the chunked scan (logged once).
 
     Args:
         k: keys, (N, T, C), float32, float64, float16 or bfloat16.

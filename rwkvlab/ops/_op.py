@@ -1,4 +1,4 @@
-"""Bi-WKV as a ``torch.library`` custom op, shared by every fast backend (SPEC §2).
+"""Bi-WKV as a ``torch.library`` custom op, shared by every fast backend (docs §2).
 
 Two ops, ``rwkvlab::wkv_forward`` (k, v, w, u -> y, lz) and ``rwkvlab::wkv_backward`` (-> the four gradients),
 run one of the :class:`Kernels` implementations, chosen by name: ``"cpu"`` (``kernels/wkv_cpu.cpp``, else the
@@ -156,7 +156,7 @@ def _wkv_backward_flops(k_shape: Any, *args: Any, **kwargs: Any) -> int:
 
 
 def bi_wkv_op(k: Tensor, v: Tensor, w: Tensor, u: Tensor, kernels: str, chunks: int = 0) -> Tensor:
-    """Bi-WKV (SPEC §2) through the custom op with the named kernels.
+    """Bi-WKV (docs §2) through the custom op with the named kernels.
 
     Args:
         k: keys, (N, T, C).

@@ -1,4 +1,4 @@
-"""Reference Bi-WKV (SPEC §2): the specification of the operator, in plain PyTorch.
+"""Reference Bi-WKV (docs §2): the specification of the operator, in plain PyTorch.
 
 The logits of token ``t`` over tokens ``i`` are ``L_ti = k_i - (|t-i| - 1) w`` for ``i != t`` and
 ``L_tt = u + k_t``; the output is ``softmax_i(L_t) . v``. Building the (T, T) logit matrix and

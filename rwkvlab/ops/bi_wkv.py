@@ -1,4 +1,4 @@
-"""Public Bi-WKV operator and its backend dispatcher (SPEC §2).
+"""Public Bi-WKV operator and its backend dispatcher (docs §2).
 
 The backend is resolved in this order: the ``backend`` argument, then the environment variable
 ``RWKVLAB_WKV_BACKEND``, then ``"auto"`` (the fastest registered backend that supports the
@@ -74,7 +74,7 @@ def _check(k: Tensor, v: Tensor, w: Tensor, u: Tensor) -> None:
 
 
 def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") -> Tensor:
-    """Bidirectional WKV attention of Vision-RWKV, exactly as SPEC §2.
+    """Bidirectional WKV attention of Vision-RWKV, exactly as docs §2.
 
     ``y_t = softmax_i(L_ti) . v_i`` with ``L_ti = k_i - (|t-i| - 1) w`` for ``i != t`` and
     ``L_tt = u + k_t``.

@@ -1,4 +1,4 @@
-"""Helpers shared by the readers of the 2D binary benchmarks (SPEC §8): file matching and the 8:1:1 split."""
+"""Helpers shared by the readers of the 2D binary benchmarks (docs §8): file matching and the 8:1:1 split."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SPLIT_8_1_1", "find_files", "pair_by_name", "PairedFolderReader"]
 
-# The paper's random split of the sets without an official one (SPEC §8), redrawn per seed.
+# The paper's random split of the sets without an official one (docs §8), redrawn per seed.
 SPLIT_8_1_1 = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 

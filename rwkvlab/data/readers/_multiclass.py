@@ -1,6 +1,6 @@
-"""Helpers shared by the multi-class readers (SPEC §8): array files for Synapse and ACDC, and
+"""Helpers shared by the multi-class readers (docs §8): array files for Synapse and ACDC, and
 one image folder plus one mask folder per official split for GOALS and FUGC, found where their
-archives unpack them (SPEC §15)."""
+archives unpack them (docs §15)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""ACDC cardiac cine MRI as converted to HDF5 by SSL4MIS and WSL4MIS (SPEC §8, §15), or as released in NIfTI.
+"""ACDC cardiac cine MRI as converted to HDF5 by SSL4MIS and WSL4MIS (docs §8, §15), or as released in NIfTI.
 
 Three layouts are read and told apart by their folders: WSL4MIS's ``ACDC_training_slices/`` +
 ``ACDC_training_volumes/`` (real frame numbers, slices from 0, an extra ``scribble`` key) and SSL4MIS's
 own ``data/slices/`` + ``data/`` (frames renamed ``frame01``/``frame02``, slices from 1, with
 ``train.list``/``val.list``/``test.list``); copies in circulation also keep the slices in ``data/``
 beside the volumes. The split is by patient number in both: patients 31-100 train on their 2D slices,
-patients 21-30 (validation) and 1-20 (test) are evaluated on their volumes (SPEC §7). The other files
+patients 21-30 (validation) and 1-20 (test) are evaluated on their volumes (docs §7). The other files
 of each patient (volumes of training patients, slices of the others) and the ``.list`` files (SSL4MIS's
 own split) are not used.
 
@@ -15,7 +15,7 @@ The third is the challenge's own release, ``training/patient<XXX>/patient<XXX>_f
 (the NIfTI voxel axes reversed, i.e. (D, H, W) = (k, j, i)) and each frame's image min-max scaled to
 [0, 1] in its stored dtype, then float32; slices are numbered from 0 with the real frame numbers, as
 WSL4MIS names them. Unlike the h5 files, the NIfTI header carries the voxel size: volumes keep it, in mm
-along (D, H, W), for HD95 in mm (SPEC §7). Not checked on the real release.
+along (D, H, W), for HD95 in mm (docs §7). Not checked on the real release.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _WSL4MIS = ("ACDC_training_slices", "ACDC_training_volumes")
 _NIFTI = ("training", "database/training")  # the 2017 release; its 2023 re-release nests it in database/
 _NIFTI_FRAME = re.compile(r"(patient(\d{3})_frame\d{2})\.nii(?:\.gz)?")
 _SLICE_INDEX = re.compile(r"_slice_(\d+)$")
-_SPLITS = {"test": range(1, 21), "val": range(21, 31), "train": range(31, 101)}  # SPEC §8
+_SPLITS = {"test": range(1, 21), "val": range(21, 31), "train": range(31, 101)}  # docs §8
 
 
 def patient_split(patient: int) -> str | None:

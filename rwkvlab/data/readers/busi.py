@@ -1,4 +1,4 @@
-"""BUSI: breast ultrasound images with lesion masks (SPEC §8), split 8:1:1 by seed."""
+"""BUSI: breast ultrasound images with lesion masks (docs §8), split 8:1:1 by seed."""
 
 from __future__ import annotations
 

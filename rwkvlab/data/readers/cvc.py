@@ -1,4 +1,4 @@
-"""CVC-ClinicDB and CVC-ColonDB: colonoscopy frames with polyp masks (SPEC §8), split 8:1:1 by seed."""
+"""CVC-ClinicDB and CVC-ColonDB: colonoscopy frames with polyp masks (docs §8), split 8:1:1 by seed."""
 
 from __future__ import annotations
 

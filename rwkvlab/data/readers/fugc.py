@@ -1,4 +1,4 @@
-"""FUGC 2025 (ISBI 2025 Fetal Ultrasound Grand Challenge): semi-supervised cervix segmentation (SPEC §8, §15).
+"""FUGC 2025 (ISBI 2025 Fetal Ultrasound Grand Challenge): semi-supervised cervix segmentation (docs §8, §15).
 
 The challenge release has 50 labelled and 450 unlabelled training images, 90 validation and 300 test
 images; it unpacks to ``FUGC (Dataset)/dataset/{train,val,test}``. Labels are single-channel PNGs of

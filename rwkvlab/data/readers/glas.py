@@ -1,4 +1,4 @@
-"""GlaS (MICCAI 2015): colon histology images with gland masks (SPEC §8)."""
+"""GlaS (MICCAI 2015): colon histology images with gland masks (docs §8)."""
 
 from __future__ import annotations
 

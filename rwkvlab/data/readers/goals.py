@@ -1,4 +1,4 @@
-"""GOALS (MICCAI 2022): OCT B-scans with layer masks for RNFL, GCIPL and choroid (SPEC §8, §15).
+"""GOALS (MICCAI 2022): OCT B-scans with layer masks for RNFL, GCIPL and choroid (docs §8, §15).
 
 The official release has 100 training, 100 validation and 100 test scans, each split in its own folder.
 As downloaded, ``GOALS2022-Train.zip`` unpacks to ``GOALS2022-Train/Train/{Image,Layer_Masks}`` and

@@ -1,4 +1,4 @@
-"""ISIC 2017 (Part 1, lesion segmentation): dermoscopy images with lesion masks, official splits (SPEC §8)."""
+"""ISIC 2017 (Part 1, lesion segmentation): dermoscopy images with lesion masks, official splits (docs §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kvasir-SEG: colonoscopy images with polyp masks (SPEC §8), split 8:1:1 by seed."""
+"""Kvasir-SEG: colonoscopy images with polyp masks (docs §8), split 8:1:1 by seed."""
 
 from __future__ import annotations
 

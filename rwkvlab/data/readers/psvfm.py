@@ -1,4 +1,4 @@
-"""PSVFM: placental vessel segmentation in fetoscopy videos, split by video (SPEC §8, §15)."""
+"""PSVFM: placental vessel segmentation in fetoscopy videos, split by video (docs §8, §15)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PSVFM", "VIDEOS"]
 
-# The release's video folders in order: the paper's videos 1-6 (SPEC §15).
+# The release's video folders in order: the paper's videos 1-6 (docs §15).
 VIDEOS = ("anon001", "anon002", "anon003", "anon005", "anon010", "anon012")
 # The paper's split is by video, so frames of one procedure never straddle train and test.
 _VIDEO_SPLIT = dict(zip(VIDEOS, ("train", "train", "train", "val", "test", "test")))

@@ -1,7 +1,7 @@
-"""Synapse multi-organ CT (BTCV) as preprocessed and listed by TransUNet (SPEC §8).
+"""Synapse multi-organ CT (BTCV) as preprocessed and listed by TransUNet (docs §8).
 
 Training uses the 2D slices of the 18 volumes in ``lists_Synapse/train.txt``; evaluation the 12 volumes
-in ``lists_Synapse/test_vol.txt`` (SPEC §7). There is no validation split: the paper tests the last epoch.
+in ``lists_Synapse/test_vol.txt`` (docs §7). There is no validation split: the paper tests the last epoch.
 Files present but not listed are ignored, as TransUNet's loader does.
 
 TransUNet's files carry no voxel size, so HD95 of Synapse is in voxels only. A test volume may hold an

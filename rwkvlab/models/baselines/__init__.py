@@ -1,4 +1,4 @@
-"""Baselines of the paper's comparison tables (SPEC §14), registered beside RWKV-UNet.
+"""Baselines of the paper's comparison tables (docs §14), registered beside RWKV-UNet.
 
 Each is built from a well-kept library where one exists (MONAI networks, timm backbones), loads no weights, takes
 ``in_chans`` and ``num_classes`` like ``rwkv_unet_t`` and declares its input-size rule as ``size_divisor``, which

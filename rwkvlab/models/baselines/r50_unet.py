@@ -1,4 +1,4 @@
-"""R50-UNet baseline (SPEC §14): a U-Net decoder on timm's ``resnet50`` ``features_only`` encoder.
+"""R50-UNet baseline (docs §14): a U-Net decoder on timm's ``resnet50`` ``features_only`` encoder.
 
 The encoder gives five maps (64 @ H/2, 256 @ H/4, 512 @ H/8, 1024 @ H/16, 2048 @ H/32; 23.51M parameters). A 1x1
 conv first narrows the 2048-channel bottleneck to the first decoder width: concatenating it at full width with the

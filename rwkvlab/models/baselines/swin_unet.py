@@ -1,4 +1,4 @@
-"""Swin-based U-Net baseline (SPEC §14): MONAI ``SwinUNETR`` in 2D, feature size 48 (25.14M parameters).
+"""Swin-based U-Net baseline (docs §14): MONAI ``SwinUNETR`` in 2D, feature size 48 (25.14M parameters).
 
 The paper's Synapse and ACDC tables cite Swin-Unet (Cao et al., 2022; 27.17M), a Swin-T encoder with a mirrored
 decoder of Swin blocks and patch-expanding layers; the binary table has no Swin row. No maintained library ships

@@ -1,4 +1,4 @@
-"""TransUNet baseline (Chen et al., 2021; SPEC §14): R50-ViT-B/16 hybrid encoder + CUP decoder.
+"""TransUNet baseline (Chen et al., 2021; docs §14): R50-ViT-B/16 hybrid encoder + CUP decoder.
 
 The encoder is timm's ``vit_base_r50_s16_224``, the port of the Google R50+ViT-B/16 checkpoint that TransUNet
 starts from: a ResNet-50 (v2, weight-standardised convs with GroupNorm) of 3 stages (3, 4, 9 blocks) whose H/16

@@ -1,4 +1,4 @@
-"""U-Net, Attention U-Net and UNet++ baselines (SPEC §14), built from MONAI networks and blocks.
+"""U-Net, Attention U-Net and UNet++ baselines (docs §14), built from MONAI networks and blocks.
 
 * ``unet``: MONAI ``BasicUNet`` with features (32, 64, 128, 256, 512, 32), 7.78M parameters (paper 7.77M).
 * ``unet_pp``: MONAI ``BasicUNetPlusPlus``, same features, without its unused deep-supervision heads, 9.12M (paper
