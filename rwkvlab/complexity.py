@@ -1,6 +1,6 @@
 """Parameters and multiply-accumulates (MACs) of every model and ablation variant, counted as the paper counts.
 
-The paper's "FLOPs" are MACs counted thop-style (SPEC §5, §11). :func:`count_macs` runs one forward pass with
+The paper's "FLOPs" are MACs counted thop-style (docs §5, §11). :func:`count_macs` runs one forward pass with
 module hooks and a function mode and books every operation under a kind:
 
 * ``conv``, ``linear``: weights x output positions (biases not counted), as thop;
@@ -18,9 +18,9 @@ module hooks and a function mode and books every operation under a kind:
   selective scans), ``ssm_proj`` (the x/dt projections feeding them) and ``linear_attention`` (FLA's products).
 
 ``macs_g`` is ``conv + linear + norm + upsample`` (not ``layernorm``) plus the softmax-attention products at 2 per MAC, which is how
-the paper's MHSA row adds up (SPEC §10: +7.44G); ``wkv_macs_g`` sums the kinds reported apart. The hand-written counter exists because
+the paper's MHSA row adds up (docs §10: +7.44G); ``wkv_macs_g`` sums the kinds reported apart. The hand-written counter exists because
 no counter on PyPI counts custom ops, functional interpolation and exact-type norms the way the paper's thop did
-(SPEC §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper.
+(docs §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from rwkvlab.models import create_model
+from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ __all__ = ["Complexity", "count_macs", "model_complexity", "trained_complexity",
 
 NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
 BILINEAR_OPS = 11  # thop's count per output element of a bilinear nn.Upsample
-# The kinds that make up the paper's FLOPs, and the kinds reported apart (SPEC §10-11, module docstring).
+# The kinds that make up the paper's FLOPs, and the kinds reported apart (docs §10-11, module docstring).
 COUNTED = ("conv", "linear", "norm", "upsample")
 APART = ("wkv", "scan", "ssm_proj", "linear_attention")
 _EXACT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -231,10 +232,8 @@ def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFram
     Columns: ``variant, params_m, macs_g, wkv_macs_g, paper_flops_g, rel_diff`` (``paper_flops_g`` and
     ``rel_diff`` empty where the paper prints no figure).
     """
-    from tqdm.auto import tqdm
-
     out = []
-    for row in tqdm(rows, desc="complexity", unit="model", disable=not progress, leave=False):
+    for row in Progress(rows, desc="complexity", unit="model", disable=not progress):
         c = model_complexity(row.model, row.size, row.num_classes, **row.kwargs)
         rel = (c.macs_g / row.paper_flops_g - 1) if row.paper_flops_g else None
         out.append({"variant": row.variant, "params_m": round(c.params / 1e6, 3), "macs_g": round(c.macs_g, 3),
@@ -250,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.complexity", description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="all", help="all, or comma-separated model/variant names")
     parser.add_argument("--csv", help="write the table as CSV to PATH, or - for standard output")
-    parser.add_argument("--params", default="params.yaml", help="the params file holding ablate.variants")
+    parser.add_argument("--params", default=None, help="the params file holding ablate.variants; default: the project's "
+                        "params.yaml above the working directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:

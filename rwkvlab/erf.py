@@ -1,4 +1,4 @@
-"""Command line for effective receptive fields (SPEC §12)::
+"""Command line for effective receptive fields (docs §12)::
 
     python -m rwkvlab.erf --model NAME [--variant V] [--checkpoint PATH] --images DIR --size H W --n N
                           --out DIR [--stage -1] [--params params.yaml] [--seed 0] [--device auto]
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, required=True, help="number of images (the literature uses about 50)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--stage", type=int, default=-1, help="encoder stage index (-1: the last)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (for --variant)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (for --variant); default: the project's params.yaml above the working directory")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed (without --checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = parser.parse_args(argv)

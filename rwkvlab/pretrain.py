@@ -30,7 +30,8 @@ from rwkvlab.engine.inference import resolve_device
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (pretrain section)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (pretrain section); default: the project's params.yaml above the working directory")
     parser.add_argument("--recipe", help="entry of pretrain.recipes (default: pretrain.recipe)")
     parser.add_argument("--data", type=Path, help="ImageFolder root with train/ and val/")
     parser.add_argument("--model", help="registered encoder with a head, e.g. rwkv_enc_t (default: the one of "

@@ -90,7 +90,7 @@ def _selection_args(seed: int, run: str | None, dataset: str | None, model: str 
             *(["--variant", variant] if variant else []), *(["--recipe", recipe] if recipe else [])]
 
 
-def launch(params_file: str | Path, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
+def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
            model: str | None = None, variant: str | None = None, recipe: str | None = None,
            overrides: dict[str, Any] | None = None, nproc: int | None = None,
            data: Prepared | None = None) -> pd.DataFrame:
@@ -120,7 +120,7 @@ def launch(params_file: str | Path, run: str | None = None, seed: int = 0, *, da
     check_recipe(one.recipe, nproc, device)
     if nproc == 1:
         return runs.train(p, one, device, data)
-    args = ["--params", str(params_file), *_selection_args(*selection), "--no-evaluate",
+    args = ["--params", str(p.file), *_selection_args(*selection), "--no-evaluate",
             *(a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
     cmd = torchrun_command(nproc, "rwkvlab.train", args)
     logger.info("launching %s", " ".join(cmd))
@@ -148,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")
     parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the dataset's name)")
     parser.add_argument("--seed", type=int, help="split seed (default: every seed of --run; 0 for an ad-hoc run)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file; default: the project's params.yaml above the working directory")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="replace a dotted params key, the value read as YAML (repeatable)")
     parser.add_argument("--nproc", type=int, help="DDP processes on this node (default: train.nproc)")

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from rwkvlab import config
 from rwkvlab.complexity import complexity_table, count_macs, main, model_complexity, variant_rows
-from rwkvlab.report import baseline_complexity_table
+from rwkvlab.report.comparison import baseline_complexity_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_wkv_and_scan_are_reported_apart():
     assert s.wkv_macs_g == pytest.approx(s.macs["wkv"] / 1e9)
 
 
-# SPEC §5 and paper Table 1: within 1%.
+# docs §5 and paper Table 1: within 1%.
 PAPER = {"rwkv_unet_t": 3.70, "rwkv_unet_s": 7.64, "rwkv_unet_b": 14.50, "rwkv_unet_b@224x9": 11.11,
          "rwkv_enc_t": 1.83, "rwkv_enc_s": 4.73, "rwkv_enc_b": 8.96}
 # Documented in the notes of tables 6 and 11 (rwkvlab/report/ablations.py): no convention reaches these.

@@ -3,6 +3,7 @@
 import ast
 import functools
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,25 +15,42 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# the calls that draw a figure in the notebooks (each such cell is tagged "figure" and must output an image)
+FIGURE_CALL = re.compile(r"save_figure\(|_figure\(|_curves\(|_chart\(|overlay_cases\(|\.plot\(|write_card\(")
+# outputs an executed notebook may hold beyond its cells' results: progress widgets, warnings
+MAX_OUTPUTS_PER_CELL = 8
 
 TINY = """
 base: {{seed: 0, device: cpu, data_dir: data, reports_dir: reports, checkpoints_dir: data/checkpoints}}
 prepare:
   datasets: {{demo: {demo}, synapse_demo: synapse_demo, busi: raw/busi}}
   image_size: {{demo: [32, 48], synapse_demo: [32, 32], busi: [32, 32]}}
+  options: {{}}
   split_seeds: [0]
   card_montage: 4
 pretrain:
   models: [rwkv_enc_t]
   recipe: tiny
+  nproc: 1
+  num_workers: 0
+  digits_train_per_class: 3
+  digits_val_per_class: 2
   recipes:
     tiny: {{data: digits, epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 1.0e-5, warmup_epochs: 0, warmup_lr: 1.0e-4,
-            weight_decay: 0.05, label_smoothing: 0.1, img_size: 32, hflip: 0.0, auto_augment: null}}
+            weight_decay: 0.05, label_smoothing: 0.1, img_size: 32, crop_pct: 0.875, scale: [0.5, 1.0], hflip: 0.0,
+            auto_augment: null, color_jitter: 0.4, interpolation: bilinear, drop_path: 0.05, ema_decay: 0.9,
+            ema_warmup: true, clip_grad: 5.0, amp: true}}
 train:
   runs:
     demo-rwkv_unet_t: {{dataset: demo, model: rwkv_unet_t, recipe: demo}}
     synapse_demo-rwkv_unet_t: {{dataset: synapse_demo, model: rwkv_unet_t, recipe: synapse_demo}}
+  run_defaults: {{kwargs: {{}}, seeds: [0], init: null}}
   num_workers: 0
+  nproc: 1
+  recipe_defaults: {{test_checkpoint: best, augment: light, precise_bn: false, init: null, precision: fp32,
+                    channels_last: false, compile: false, fused_adamw: false, clip_grad: 0.0, val_every: 0,
+                    sync_bn: false, consistency_weight: 0.0, consistency_rampup: 0, unlabelled: null,
+                    unlabelled_fraction: 0.0}}
   recipes:
     demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
             dice_weight: 1.0, precise_bn: true}}
@@ -44,13 +62,16 @@ ablate:
   dataset: demo
   recipe: ablate_demo
   model: rwkv_unet_t
+  split_seed: 0
   trained: [attn_none, attn_spatial_mix, pre_digits]
+  variant_defaults: {{row: "", model: rwkv_unet_b, kwargs: {{}}, size: 224, num_classes: 9, recipe: {{}}, dataset: null}}
   variants:
     pre_digits: {{table: "7", row: "with,30", recipe: {{init: pretrain/rwkv_enc_t}}}}
     attn_spatial_mix: {{table: "2", row: "RWKV Spatial-Mix (paper default)"}}
     attn_none: {{table: "2", kwargs: {{mixer: none}}}}
     skips1: {{table: "11", row: "1,with", kwargs: {{skips: 1}}}}
-erf: {{variants: [attn_none, attn_spatial_mix], images: {demo}/images, size: [32, 32], n: 1}}
+erf: {{variants: [attn_none, attn_spatial_mix], images: {demo}/images, size: [32, 32], n: 1, stage: -1, seed: 0,
+       checkpoint: last}}
 evaluate: {{batch_size: 8}}
 report: {{overlay_cases: 2}}
 """
@@ -65,8 +86,15 @@ def test_notebooks_are_thin_and_stripped():
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{path.name}: no title"
         for cell in code:
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: commit notebooks without outputs"
-            defs = [n for n in ast.walk(ast.parse(cell.source)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            python = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+            defs = [n for n in ast.walk(ast.parse(python)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
             assert not defs, f"{path.name}: logic belongs in rwkvlab, not in notebook cells"
+            draws = FIGURE_CALL.search(cell.source) is not None
+            assert draws == ("figure" in cell.metadata.get("tags", [])), \
+                f"{path.name}: a cell that draws a figure is tagged 'figure' (and only such a cell): {cell.source[:80]!r}"
+        assert "%matplotlib inline" in code[1].source, f"{path.name}: figures show inline only after %matplotlib inline"
+        assert code[0].source.startswith("params_file = None"), \
+            f"{path.name}: params_file defaults to None (found from the notebook's folder)"
 
 
 def test_dvc_pipeline_is_valid():
@@ -78,8 +106,25 @@ def test_dvc_pipeline_is_valid():
             "ablate@pre_digits", "ablation_tables", "erf"} <= names
 
 
+def check_executed(path: Path, figures: bool = True) -> None:
+    """No error; every cell tagged "figure" shows an image (``figures``); no cell floods the notebook with outputs."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"{path.name}: {errors}"
+        if figures and "figure" in cell.metadata.get("tags", []):
+            assert any("image/png" in o.get("data", {}) for o in cell.outputs), \
+                f"{path.name}: the figure cell {cell.source[:60]!r} shows no image"
+        assert len(cell.outputs) <= MAX_OUTPUTS_PER_CELL, \
+            f"{path.name}: {len(cell.outputs)} outputs in {cell.source[:60]!r} (log lines or progress bars leak)"
+
+
 @pytest.mark.slow
 def test_every_notebook_runs_with_tiny_parameters(tmp_path):
+    """Each notebook runs with its kernel in the project's notebooks/ folder, as JupyterLab starts it, finding
+    params.yaml from there (the prepare notebook also from the root with an explicit file, as DVC runs it)."""
     papermill = pytest.importorskip("papermill")
     from rwkvlab.data.readers.synapse_demo import generate
 
@@ -90,33 +135,42 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     (tmp_path / "raw" / "busi").mkdir(parents=True)  # an absent benchmark: reported and skipped
     params = tmp_path / "params.yaml"
     params.write_text(TINY.format(demo=ROOT / "data" / "demo"))
-    run = functools.partial(papermill.execute_notebook, kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
-    for dataset in ("demo", "synapse_demo", "busi"):
-        run(str(ROOT / "notebooks/01_prepare_data.ipynb"), str(tmp_path / f"01_{dataset}.ipynb"),
-            parameters={"params_file": str(params), "dataset": dataset})
+    (tmp_path / "notebooks").mkdir()
+    executed = tmp_path / "executed"
+
+    def run(notebook: str, out: str, cwd: Path = tmp_path / "notebooks", figures: bool = True, **parameters) -> None:
+        papermill.execute_notebook(str(ROOT / f"notebooks/{notebook}.ipynb"), str(executed / f"{out}.ipynb"),
+                                   parameters=parameters, kernel_name="python3", cwd=str(cwd), progress_bar=False)
+        check_executed(executed / f"{out}.ipynb", figures)
+
+    executed.mkdir()
+    run("01_prepare_data", "01_demo", cwd=tmp_path, params_file=str(params), dataset="demo")
+    run("01_prepare_data", "01_synapse_demo", dataset="synapse_demo")
+    run("01_prepare_data", "01_busi", figures=False, dataset="busi")  # absent: skipped, nothing to draw
 
     def segmentation_runs():
         for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
             for nb in ("02_train", "03_evaluate"):
-                run(str(ROOT / f"notebooks/{nb}.ipynb"), str(tmp_path / f"{nb}_{name}.ipynb"),
-                    parameters={"params_file": str(params), "run": name})
-        run(str(ROOT / "notebooks/04_report.ipynb"), str(tmp_path / "04.ipynb"), parameters={"params_file": str(params)})
+                run(nb, f"{nb}_{name}", run=name)
+        run("04_report", "04")
 
     def pretraining_ablations_erf():
-        run(str(ROOT / "notebooks/00_pretrain.ipynb"), str(tmp_path / "00.ipynb"),
-            parameters={"params_file": str(params), "model": "rwkv_enc_t"})
+        run("00_pretrain", "00", model="rwkv_enc_t")
         for variant in ("attn_none", "attn_spatial_mix", "pre_digits"):
-            run(str(ROOT / "notebooks/05_ablations.ipynb"), str(tmp_path / f"05_{variant}.ipynb"),
-                parameters={"params_file": str(params), "variant": variant})
-        run(str(ROOT / "notebooks/05_ablation_tables.ipynb"), str(tmp_path / "05_tables.ipynb"),
-            parameters={"params_file": str(params)})
-        run(str(ROOT / "notebooks/06_erf.ipynb"), str(tmp_path / "06.ipynb"), parameters={"params_file": str(params)})
+            run("05_ablations", f"05_{variant}", variant=variant)
+        run("05_ablation_tables", "05_tables")
+        run("06_erf", "06")
+        run("07_explore_ablations", "07", try_kwargs={"mixer": "none", "decoder_kernel": 3}, cases=2)
 
     # The two branches of the DAG share only the prepared data: run them side by side (kernel start-up dominates).
     with ThreadPoolExecutor(2) as pool:
         for branch in [pool.submit(segmentation_runs), pool.submit(pretraining_ablations_erf)]:
             branch.result()
 
+    explored = nbformat.read(executed / "07.ipynb", as_version=4)
+    assert sum("image/png" in o.get("data", {}) for c in explored.cells for o in c.get("outputs", [])) >= 6
+    assert (tmp_path / "reports/explore/decoder_kernel=3-mixer=none/metrics.json").is_file()
+    assert (tmp_path / "reports/logs/02_train_demo-rwkv_unet_t.log").read_text().count("epoch 1:") == 1
     for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
         seed0 = json.loads((tmp_path / f"reports/evaluate/{name}/seeds/seed0/metrics.json").read_text())
         assert 0 <= seed0["dsc"] <= 100 and seed0["hd95"] >= 0

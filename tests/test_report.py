@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from rwkvlab.complexity import Complexity
-from rwkvlab.report import results_table, write_table
+from rwkvlab.report.comparison import results_table
+from rwkvlab.report.tables import write_table
 
 
 def _summary(dataset: str, model: str, dsc: list[float], hd95: list[float]) -> dict:

@@ -32,9 +32,10 @@ import yaml
 
 from rwkvlab.data._base import DataError
 from rwkvlab.data.cache import load_prepared
-from rwkvlab.data.prepare import prepare_dataset, write_card
+from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.reader import READERS, get_reader, validate
 from rwkvlab.data.readers.synapse_demo import generate
+from rwkvlab.report.cards import write_card
 
 
 def _option(text: str) -> tuple[str, Any]:

@@ -1,4 +1,4 @@
-"""The reader interface: one subclass per published raw layout (SPEC §8), in a registry.
+"""The reader interface: one subclass per published raw layout (docs §8), in a registry.
 
 A reader lists the cases of a raw folder (:meth:`Reader.scan`), loads one case as arrays
 (:meth:`Reader.load`) and draws the paper's split (:meth:`Reader.split`). It never writes.
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from rwkvlab.data._base import DataError, Problem, make_split, read_image, read_mask
+from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Case:
         case_id: unique within the dataset.
         files: the files the case is read from (named in messages).
         kind: ``"image"`` (2D, trained and evaluated per image), ``"slice"`` (a 2D training slice of a
-            volumetric set) or ``"volume"`` (a 3D case evaluated per volume, SPEC §7).
+            volumetric set) or ``"volume"`` (a 3D case evaluated per volume, docs §7).
         split: the official split this case belongs to (``train``, ``val``, ``test``, ``unlabelled``,
             ``<split>_unlabelled`` for a split whose masks are not part of the download), when the layout
             defines one.
@@ -64,7 +64,7 @@ class Sample:
     ``image``: uint8 (H, W, 3) for colour photographs, or float32 in [0, 1] of shape (H, W) for a
     grey 2D case and (D, H, W) for a volume. ``label``: uint8 class indices of the image's spatial
     shape, or ``None`` for an unlabelled case. ``spacing``: a volume's voxel size in mm along its
-    (D, H, W) axes, where the files carry one (HD95 in mm, SPEC §7); ``None`` otherwise.
+    (D, H, W) axes, where the files carry one (HD95 in mm, docs §7); ``None`` otherwise.
     """
 
     image: np.ndarray
@@ -120,7 +120,7 @@ class Reader(ABC):
         """Read one case; raise :class:`DataError` naming the file (unreadable, size mismatch, bad labels)."""
 
     def split(self, cases: Sequence[Case], seed: int) -> dict[str, list[str]]:
-        """The paper's split (SPEC §8) as split name -> case ids; ``seed`` matters for random splits."""
+        """The paper's split (docs §8) as split name -> case ids; ``seed`` matters for random splits."""
         out: dict[str, list[str]] = {}
         for case in cases:
             if case.split is None:
@@ -224,7 +224,7 @@ def iter_valid(reader: Reader, problems: list[str], scanned: list[Case] | None =
         files = [str(f) for c in cases if c.case_id == cid for f in c.files[:1]]
         problems.append(Problem(f"duplicate case id {cid!r}: {', '.join(files)}", case=cid))
     unique = [c for c in cases if c.case_id not in set(dup)]
-    for case in tqdm(unique, desc=f"read {reader.name}", unit="case", leave=False):
+    for case in Progress(unique, desc=f"read {reader.name}", unit="case"):
         try:
             sample = reader.load(case)
             check_sample(case, sample, len(reader.class_names))

@@ -1,4 +1,4 @@
-"""Per-case evaluation of a split with the paper's protocol (SPEC §7); inference is :mod:`rwkvlab.engine.inference`."""
+"""Per-case evaluation of a split with the paper's protocol (docs §7); inference is :mod:`rwkvlab.engine.inference`."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from rwkvlab.data.cache import Prepared
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.inference import check_image_size, predict, predict_volume
 from rwkvlab.io import atomic_write
 from rwkvlab.metrics import case_metrics
+from rwkvlab.progress import Progress
 
 __all__ = ["evaluate_split", "evaluate_cases", "summarize", "write_evaluation", "read_evaluation"]
 
@@ -27,7 +27,7 @@ __all__ = ["evaluate_split", "evaluate_cases", "summarize", "write_evaluation", 
 @keep_freed_memory()
 def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_size: int,
                    device: torch.device) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Score every case of ``split``: its 2D items per image and its volumes per volume (SPEC §7).
+    """Score every case of ``split``: its 2D items per image and its volumes per volume (docs §7).
 
     Volumes with a voxel size (``data.spacings``) get HD95 in mm beside HD95 in voxels.
 
@@ -97,7 +97,7 @@ def evaluate_cases(pred: np.ndarray, gt: np.ndarray, ids: Sequence[str], class_n
         raise ValueError(f"evaluate_cases: workers must be >= 1 (or None for one per CPU), got {workers}")
     workers = min(len(ids), workers or os.cpu_count() or 1)
     score = functools.partial(_case_scores, num_classes=len(class_names))
-    progress = functools.partial(tqdm, total=len(ids), desc="evaluate", unit="case", leave=False)
+    progress = functools.partial(Progress, total=len(ids), desc="evaluate", unit="case")
     if workers <= 1:
         scores = list(progress(map(score, pred, gt, spacings)))
     else:
@@ -111,7 +111,7 @@ def evaluate_cases(pred: np.ndarray, gt: np.ndarray, ids: Sequence[str], class_n
 
 
 def summarize(per_case: pd.DataFrame) -> dict[str, float]:
-    """Mean over cases, then over classes (SPEC §7): DSC in %, HD95 in pixels/voxels, and each class's means.
+    """Mean over cases, then over classes (docs §7): DSC in %, HD95 in pixels/voxels, and each class's means.
 
     Keys ``dsc``, ``hd95``, ``dsc_<class>`` and ``hd95_<class>`` (Tables 3-4); ``hd95_mm`` and
     ``hd95_mm_<class>`` only when every case has HD95 in mm (a column ``hd95_mm`` without NaN).

@@ -18,7 +18,6 @@ import torch
 from monai.inferers import sliding_window_inference
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from rwkvlab.data._base import DataError, read_image
 from rwkvlab.data.cache import resize_image, resize_label
@@ -26,6 +25,7 @@ from rwkvlab.data.loader import to_tensor
 from rwkvlab.data.readers._multiclass import read_arrays, unit_image
 from rwkvlab.engine.checkpoint import load_checkpoint
 from rwkvlab.models import create_model
+from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device:
 
 
 def _protocol_slice(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """One slice as TransUNet's ``test_single_volume`` feeds it to the network (SPEC §7).
+    """One slice as TransUNet's ``test_single_volume`` feeds it to the network (docs §7).
 
     The order-3 spline zoom in float32 when the slice is not at ``size``, left unclipped: at sharp edges it
     overshoots [0, 1] (to about [-0.13, 1.15] on ACDC) and TransUNet feeds those values as they are, unlike
@@ -126,7 +126,7 @@ def _protocol_slice(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, int],
                    device: torch.device) -> np.ndarray:
-    """The volume protocol of SPEC §7, bit for bit TransUNet's ``test_single_volume`` (which the authors reuse).
+    """The volume protocol of docs §7, bit for bit TransUNet's ``test_single_volume`` (which the authors reuse).
 
     Each slice, in float32, is zoomed to the network ``size`` with the unclipped order-3 spline, forwarded
     alone (a batch of one slice, one channel), labelled by ``argmax(softmax(logits))`` (softmax can round
@@ -150,7 +150,7 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, 
     d, h, w = volume.shape
     volume = np.require(volume, np.float32, ("C", "W"))  # torch.from_numpy warns on read-only arrays
     out = np.zeros((d, h, w), np.uint8)
-    for z in tqdm(range(d), desc="slices", unit="slice", leave=False):
+    for z in Progress(range(d), desc="slices", unit="slice"):
         x = torch.from_numpy(_protocol_slice(volume[z], size))[None, None].to(device)
         labels = model(x).softmax(1).argmax(1)[0].to(torch.uint8).cpu().numpy()
         out[z] = resize_label(labels, (h, w))
@@ -310,7 +310,7 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, in
     """Label map of one 2D image of any size.
 
     ``resize``: the image resized to the training ``size`` (box filter for uint8 colour, order-3 spline for grey,
-    as the cache was made), argmax, and the labels resized back with nearest neighbour (SPEC §7). ``window``:
+    as the cache was made), argmax, and the labels resized back with nearest neighbour (docs §7). ``window``:
     windows of the training size with ``overlap`` (MONAI's sliding window; smaller images are zero-padded), the
     softmax averaged where windows overlap, then argmax: the image is never rescaled.
 
@@ -334,7 +334,7 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, in
 
 def predict_slices(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, int], device: torch.device,
                    mode: Mode = "resize", batch_size: int = 4, overlap: float = 0.25) -> np.ndarray:
-    """Label volume, slice by slice: :func:`predict_volume` (SPEC §7) in ``resize`` mode, else windows per slice.
+    """Label volume, slice by slice: :func:`predict_volume` (docs §7) in ``resize`` mode, else windows per slice.
 
     Shape:
         volume (D, H, W) float in [0, 1] -> (D, H, W) uint8 labels.
@@ -342,4 +342,4 @@ def predict_slices(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, 
     if mode == "resize":
         return predict_volume(model, volume, size, device)
     return np.stack([predict_image(model, s, size, device, mode, batch_size, overlap)
-                     for s in tqdm(volume, desc="slices", unit="slice", leave=False)])
+                     for s in Progress(volume, desc="slices", unit="slice")])

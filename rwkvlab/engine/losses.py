@@ -1,4 +1,4 @@
-"""Training losses (SPEC §6)."""
+"""Training losses (docs §6)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["seg_loss"]
 
 
 def seg_loss(ce_weight: float, dice_weight: float) -> DiceCELoss:
-    """``ce_weight * CE + dice_weight * Dice`` as the paper trains (SPEC §6).
+    """``ce_weight * CE + dice_weight * Dice`` as the paper trains (docs §6).
 
     The Dice term is TransUNet's: soft Dice on the softmax of every class, background included,
     with the sums taken over the whole batch, denominator ``sum p^2 + sum g^2`` and smoothing

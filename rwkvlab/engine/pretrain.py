@@ -1,6 +1,6 @@
-"""Supervised pretraining of an encoder with its classification head on an ImageFolder tree (SPEC §13).
+"""Supervised pretraining of an encoder with its classification head on an ImageFolder tree (docs §13).
 
-The paper's ImageNet recipe (SPEC §6, last paragraph) assembled from timm's parts: transforms with
+The paper's ImageNet recipe (docs §6, last paragraph) assembled from timm's parts: transforms with
 RandAugment, label-smoothing cross-entropy, AdamW without decay on norms and biases, cosine with
 warm-up per epoch, EMA of the weights, gradient clipping, AMP on CUDA, drop path. Run under
 ``torchrun`` it trains with DDP (one process per device, a distributed sampler, metrics summed over
@@ -37,7 +37,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from tqdm.auto import tqdm
 
 from rwkvlab.config import Params, PretrainRecipe
 from rwkvlab.data._base import DataError
@@ -46,6 +45,7 @@ from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import rank_world, sum_over_ranks
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
+from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ __all__ = ["check_image_folder", "create_transforms", "build_model", "build_opti
            "run_dirs", "with_overrides", "load_pretrained_encoder", "HEAD_PREFIXES"]
 
 HISTORY = ["epoch", "lr", "train_loss", "val_top1", "val_top5", "val_ema_top1", "val_ema_top5", "seconds"]
-# Keys of the classification head (SPEC §1: LN2d -> pool -> Linear), which a segmentation model has not.
+# Keys of the classification head (docs §1: LN2d -> pool -> Linear), which a segmentation model has not.
 HEAD_PREFIXES = ("head.", "head_norm.")
-# The encoder sees images in [0, 1] as in segmentation (SPEC §1: no ImageNet normalisation), so the
+# The encoder sees images in [0, 1] as in segmentation (docs §1: no ImageNet normalisation), so the
 # transferred weights meet the input scale they were trained on.
 _MEAN, _STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -239,6 +239,8 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
     val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=recipe.batch_size // world,
                             num_workers=num_workers, pin_memory=device.type == "cuda")
     end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
+    bar = Progress(total=(end - start) * len(loader), desc=f"{model_name} epochs {start + 1}-{end}/{recipe.epochs}",
+                   unit="step", disable=rank != 0)
     for epoch in range(start, end):
         tic = time.perf_counter()
         random_seed(seed + epoch * world, rank)
@@ -246,8 +248,7 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
         net.train()
         loss_sum = seen = 0.0
         lr = optimizer.param_groups[0]["lr"]
-        for images, targets in tqdm(loader, desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}", unit="batch",
-                                    leave=False, disable=rank != 0):
+        for images, targets in loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = loss_fn(net(images), targets)
@@ -259,6 +260,7 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            bar.update()
             ema.update(model, step=step)
             loss_sum += loss.item() * len(targets)
             seen += len(targets)
@@ -275,6 +277,7 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
                         "seconds": time.perf_counter() - tic})
         logger.info("epoch %d: loss %.4f, val top-1 %.2f (EMA %.2f), %.1f s", epoch + 1, history[-1]["train_loss"],
                     top1, ema_top1, history[-1]["seconds"])
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['train_loss']:.4f}", top1=f"{top1:.2f}")
         candidate = ("ema", ema_top1, ema_top5) if ema_top1 > top1 else ("model", top1, top5)
         improved = candidate[1] > best["val_top1"]
         if improved:
@@ -292,6 +295,7 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
             _write_reports(history, best, model_name, reports_dir, final=False)
         if world > 1:
             dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
+    bar.close()
     if rank == 0:
         _write_reports(history, best, model_name, reports_dir, final=True)
     return pd.DataFrame(history, columns=HISTORY)
@@ -311,8 +315,7 @@ def _write_reports(history: list[dict], best: dict[str, Any], model_name: str, r
         atomic_write(Path(reports_dir) / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
-def launch(params_file: str | Path, p: Params, model: str, device: torch.device,
-           nproc: int | None = None) -> pd.DataFrame:
+def launch(p: Params, model: str, device: torch.device, nproc: int | None = None) -> pd.DataFrame:
     """Pretrain ``model`` (one of ``pretrain.models``) with the ``pretrain`` section of ``p``: in this process, or
     under ``torchrun`` when ``nproc > 1``.
 
@@ -327,7 +330,7 @@ def launch(params_file: str | Path, p: Params, model: str, device: torch.device,
     out_dir, reports_dir = run_dirs(p, model)
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "rwkvlab.pretrain", "--params", str(params_file), "--model", model, "--device", device.type,
+               "-m", "rwkvlab.pretrain", "--params", str(p.file), "--model", model, "--device", device.type,
                "--resume"]
         logger.info("launching %s", " ".join(cmd))
         subprocess.run(cmd, check=True)

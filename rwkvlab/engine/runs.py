@@ -27,12 +27,13 @@ from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
 from rwkvlab.engine.inference import load_trained
-from rwkvlab.engine.train import fit
+from rwkvlab.engine.train import fit, model_kwargs_for
+from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "configured_run", "train_run", "ablation_run", "resolve_init", "load_data", "train", "evaluate",
-           "summarize_seeds", "read_summary"]
+__all__ = ["Run", "configured_run", "train_run", "ablation_run", "resolve_init", "load_data", "describe", "train",
+           "evaluate", "summarize_seeds", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,16 @@ def ablation_run(p: Params, variant: str) -> Run:
 def load_data(p: Params, run: Run) -> Prepared:
     """The prepared dataset of ``run`` with its split applied."""
     return load_prepared(paths.cache(p, run.dataset), paths.split_file(p, run.dataset, run.split_seed))
+
+
+def describe(run: Run, data: Prepared) -> str:
+    """One line on what ``run`` trains: the model with its keyword arguments and parameter count for ``data``, the
+    data's size, channels and classes, and the encoder it starts from. (MACs: ``python -m rwkvlab.complexity``.)"""
+    model = create_model(run.model, **model_kwargs_for(data, run.model_kwargs))
+    params = sum(t.numel() for t in model.parameters())
+    h, w = data.images.shape[1:3]
+    return (f"{run.name}: {run.model}({run.model_kwargs or ''}), {params / 1e6:.2f}M parameters; {data.dataset} at "
+            f"{h}x{w}, {data.in_chans} input channel(s), {data.num_classes} classes; init: {run.init or 'none'}")
 
 
 def train(p: Params, run: Run, device: torch.device, data: Prepared | None = None) -> pd.DataFrame:

@@ -14,7 +14,7 @@ with torch's ``RandomSampler`` drawn right after that seeding; ``W >= 2`` ranks 
 The checkpoint holds no per-rank state, so a run resumes on any number of ranks; the epochs after the
 resume follow the order and seeds of the new ``W``.
 
-Semi-supervised runs (``recipe.consistency_weight > 0``, FUGC, SPEC §6). The unlabelled pool is the
+Semi-supervised runs (``recipe.consistency_weight > 0``, FUGC, docs §6). The unlabelled pool is the
 split ``recipe.unlabelled`` plus the ``recipe.unlabelled_fraction`` of ``train`` that loses its labels
 (:func:`unlabelled_pool`). An epoch is still one pass over the labelled loader; each of its steps also
 takes ``batch_size`` unlabelled images, the pool cycled: epoch ``e`` strings together permutations of the
@@ -45,7 +45,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from rwkvlab.config import Recipe
 from rwkvlab.data.augment import TwoViews, batch_consistency_loss, train_transforms
@@ -60,6 +59,7 @@ from rwkvlab.engine.losses import seg_loss
 from rwkvlab.engine.pretrain import load_pretrained_encoder
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
+from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _has_val(data: Prepared) -> bool:
 
 
 def _val_dsc(model: torch.nn.Module, data: Prepared, batch_size: int, device: torch.device) -> float:
-    """Mean DSC (%) over the validation cases with the test protocol (SPEC §7); NaN without a val split."""
+    """Mean DSC (%) over the validation cases with the test protocol (docs §7); NaN without a val split."""
     if not _has_val(data):
         return float("nan")
     return summarize(evaluate_split(model, data, "val", batch_size, device)[0])["dsc"]
@@ -400,6 +400,9 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
     semi = recipe.consistency_weight > 0
     views = TwoViews(seed) if semi else None
     end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
+    # One bar over every step of this call; the per-epoch numbers go to its postfix and to the log.
+    bar = Progress(total=(end - start) * len(_loader(train_set, recipe.batch_size, True, seed, start, 0, device)),
+                   desc=f"{model_name} epochs {start + 1}-{end}/{recipe.epochs}", unit="step", disable=rank != 0)
     for epoch in range(start, end):
         set_determinism(seed + epoch * world + rank)
         if transform is not None:
@@ -412,9 +415,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
             unlabelled = _loader(_Views(data, order, views), recipe.batch_size, False, seed, epoch, num_workers, device)
         net.train()
         losses, consistencies = [], []
-        for i, (batch, views_batch) in enumerate(tqdm(
-                zip(loader, unlabelled), total=len(loader), desc=f"{model_name} epoch {epoch + 1}/{recipe.epochs}",
-                unit="batch", leave=False, disable=rank != 0)):
+        for i, (batch, views_batch) in enumerate(zip(loader, unlabelled)):
             images, labels = as_float(batch["image"].to(device)), batch["label"].to(device).round().long()
             if views_batch is None:
                 loss, consistency = train_step(net, optimizer, loss_fn, images, labels, recipe), 0.0
@@ -430,6 +431,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
                 raise NonFiniteLossError(f"{model_name}: the {what} loss is {value} at epoch {epoch + 1}, step "
                                          f"{i + 1} of {len(loader)} (optimizer step {step + 1}); stopped. {kept}")
             step += 1
+            bar.update()
             losses.append(loss)
             consistencies.append(consistency)
             if recipe.val_every and step % recipe.val_every == 0 and i + 1 < len(loader) and _has_val(data):
@@ -455,6 +457,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         validations.append({"epoch": epoch + 1, "step": step, "val_dsc": val_dsc})
         logger.info("epoch %d: loss %.4f%s, val DSC %.2f", epoch + 1, history[-1]["train_loss"],
                     f", consistency {history[-1]['consistency']:.4g}" if semi else "", val_dsc)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['train_loss']:.4f}", val_dsc=f"{val_dsc:.2f}")
         improved = math.isnan(val_dsc) or val_dsc > best
         best = val_dsc if improved else best
         if rank == 0:
@@ -463,6 +466,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
                 atomic_write(run_dir / "best.pt", lambda f: shutil.copyfile(run_dir / "last.pt", f))
             _write_history(history, history_csv)
         barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
+    bar.close()
     if rank == 0:
         _write_history(history, history_csv)  # also when resuming a finished run
     return pd.DataFrame(history, columns=_HISTORY)

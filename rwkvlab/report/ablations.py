@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from rwkvlab.report.tables import paper_table, write_table  # noqa: E402
+from rwkvlab.report.figures import label_points, new_figure
+from rwkvlab.report.tables import paper_table, write_table
 
 __all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_setting", "ablation_tables",
-           "write_ablation_tables", "draw_bubbles", "bubble_chart"]
+           "write_ablation_tables", "draw_bubbles", "label_bubbles", "bubble_chart"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ PAPER_TABLES = {
 # Why some rows cannot match the paper's FLOPs; the numbers are in each table's rel_diff column.
 TABLE_NOTES = {
     "complexity": (
-        "MACs as the paper counts them (SPEC §11, `rwkvlab/complexity.py`): conv and linear weights x output "
+        "MACs as the paper counts them (docs §11, `rwkvlab/complexity.py`): conv and linear weights x output "
         "positions, BatchNorm 4 per element, bilinear nn.Upsample 11 per output element, softmax-attention products "
         "at 2 per MAC; LayerNorms, functional interpolation, the Bi-WKV recurrence, selective scans (and the x/dt "
         "projections feeding them) and linear-attention products are not part of the figure: wkv_macs_g reports "
@@ -155,34 +154,47 @@ def write_ablation_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, not
         write_table(df, Path(out_dir) / f"table{table}", PAPER_TABLES[table].title, notes=note)
 
 
-def draw_bubbles(ax: plt.Axes, points: Iterable[tuple[float, float, float | None, str]], marker: str = "o",
-                 color: str | None = None, label: str | None = None) -> None:
-    """One annotated bubble per ``(x, y, params_m, text)`` on ``ax``, its area 30 + 25 x parameters (M) in
-    points^2 so that size reads as model size; an unknown count (None, NaN) draws the 1M size.
+def draw_bubbles(ax: Axes, points: Iterable[tuple[float, float, float | None, str]], marker: str = "o",
+                 color: str | None = None, label: str | None = None) -> list[tuple[float, float, str, float]]:
+    """One bubble per ``(x, y, params_m, text)`` on ``ax``, its area 30 + 25 x parameters (M) in points^2 so
+    that size reads as model size; an unknown count (None, NaN) draws the 1M size.
 
     Args:
         color: one colour for all the bubbles; ``None`` gives each the next colour of the axes' cycle.
         label: the legend entry of the group (put on its first bubble).
+
+    Returns:
+        ``(x, y, text, size)`` per bubble, for :func:`rwkvlab.report.figures.label_points` once the layout is final.
     """
+    labels = []
     for i, (x, y, params_m, text) in enumerate(points):
-        size = float(params_m) if pd.notna(params_m) and params_m else 1.0
-        ax.scatter(x, y, s=30 + 25 * size, alpha=0.5, marker=marker,
-                   color=color, label=label if i == 0 else None)
-        ax.annotate(text, (x, y), fontsize=7, ha="center", va="bottom")
+        size = 30 + 25 * (float(params_m) if pd.notna(params_m) and params_m else 1.0)
+        ax.scatter(x, y, s=size, alpha=0.5, marker=marker, color=color, label=label if i == 0 else None)
+        labels.append((x, y, text, size))
+    return labels
 
 
-def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
+def label_bubbles(ax: Axes, labels: Sequence[tuple[float, float, str, float]]) -> None:
+    """Label what :func:`draw_bubbles` drew, without overlaps (after the figure's layout is final)."""
+    label_points(ax, [(x, y, t) for x, y, t, _ in labels], marker_sizes=[s for *_, s in labels])
+
+
+def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> Figure:
     """DSC against MACs, bubble area by parameters, like the paper's Fig. 4: ours (trained variants) and the
     paper's rows side by side."""
     rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
-    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_ours, ax_paper) = new_figure(1, 2, (11, 4.2))
+    labels = {}
     for ax, dsc, flops, label in ((ax_ours, "dsc", "macs_g", "ours (demo)"),
                                   (ax_paper, "paper_dsc", "paper_flops_g", "paper (Synapse)")):
         shown = rows.dropna(subset=[dsc, flops])
         shown = shown[shown[dsc].map(lambda x: x is not None)]
-        draw_bubbles(ax, [(float(r[flops]), float(r[dsc]), r["params_m"], r["variant"]) for _, r in shown.iterrows()])
+        labels[ax] = draw_bubbles(ax, [(float(r[flops]), float(r[dsc]), r["params_m"], r["variant"])
+                                       for _, r in shown.iterrows()])
         ax.set(xlabel="MACs (G)" if flops == "macs_g" else "FLOPs (G, as published)", ylabel="DSC (%)", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: DSC vs complexity (bubble area ~ parameters)", fontsize=10)
     fig.tight_layout()
+    for ax, drawn in labels.items():
+        label_bubbles(ax, drawn)
     return fig

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; notebooks display the returned Figure objects
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from rwkvlab.complexity import Complexity, model_complexity  # noqa: E402
-from rwkvlab.report.ablations import _number, draw_bubbles  # noqa: E402
-from rwkvlab.report.tables import PAPER_COLUMNS, paper_table, write_table  # noqa: E402
+from rwkvlab.complexity import Complexity, model_complexity
+from rwkvlab.report.ablations import _number, draw_bubbles, label_bubbles
+from rwkvlab.report.figures import new_figure
+from rwkvlab.report.tables import PAPER_COLUMNS, paper_table, write_table
 
 __all__ = ["COMPARISON_TABLES", "COMPARISON_NOTES", "BASELINE_NOTES", "results_table", "comparison_tables",
            "write_comparison_tables",
@@ -75,13 +73,13 @@ _ROWS_NOTE = ("Rows marked (this study): the mean over seeds ± the sample std (
               "published row, unchanged). '-': no run of that dataset.")
 COMPARISON_NOTES = {
     "binary": (_ROWS_NOTE + " params_m / flops_g of our rows: parameters (M) and MACs (G) of the trained model at "
-               "its training size, counted by `rwkvlab.complexity` as the paper counts its FLOPs (SPEC §11); see "
+               "its training size, counted by `rwkvlab.complexity` as the paper counts its FLOPs (docs §11); see "
                "the baseline complexity table for the baselines against the paper's counts."),
-    "table3": (_ROWS_NOTE + " HD95 in voxels, as the paper (SPEC §7). Swin-UNet (this study) is MONAI SwinUNETR "
+    "table3": (_ROWS_NOTE + " HD95 in voxels, as the paper (docs §7). Swin-UNet (this study) is MONAI SwinUNETR "
                "(2D, feature size 48, 25.14M), not Swin-Unet (27.17M): rwkvlab/models/baselines/swin_unet.py."),
     "table4": (_ROWS_NOTE + " Swin-UNet (this study) is MONAI SwinUNETR (2D, feature size 48, 25.14M), not "
                "Swin-Unet (27.17M): rwkvlab/models/baselines/swin_unet.py."),
-    "table5": _ROWS_NOTE + " The paper's FUGC numbers are semi-supervised (SPEC §6).",
+    "table5": _ROWS_NOTE + " The paper's FUGC numbers are semi-supervised (docs §6).",
     "runs": ("One row per run: mean over seeds ± sample std (ddof 1) where it has more than one seed. HD95 in "
              "pixels (voxels for volumes), hd95_mm where the data has a spacing; params (M) and MACs (G) at the "
              "training size (`rwkvlab.complexity`)."),
@@ -109,7 +107,7 @@ BASELINE_NOTES = {
         "convs, which costs 38.51G."),
     "transunet": (
         "Parameters match; MACs +19%, not explained: at 256 the ViT-B linears are 21.74G (256 tokens), the R50 "
-        "hybrid convs 5.14G, the CUP decoder convs 10.33G and the attention products 1.21G (counted x2, SPEC §10)."),
+        "hybrid convs 5.14G, the CUP decoder convs 10.33G and the attention products 1.21G (counted x2, docs §10)."),
 }
 
 
@@ -311,7 +309,7 @@ def write_comparison_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path) -
 
 def baseline_complexity_table() -> pd.DataFrame:
     """Parameters and MACs of every baseline and RWKV-UNet T/S/B at 256x256, 1 class (the binary table's setting,
-    SPEC §5, §14) against the paper's counts, with the relative differences and why a count differs.
+    docs §5, §14) against the paper's counts, with the relative differences and why a count differs.
 
     MACs are the paper's FLOPs convention (:mod:`rwkvlab.complexity`), counted on the meta device.
 
@@ -338,7 +336,7 @@ def baseline_complexity_table() -> pd.DataFrame:
 
 
 def comparison_chart(summaries: Mapping[str, tuple[Path, Mapping[str, Any]]], complexity: Mapping[str, Complexity],
-                     dataset: str) -> plt.Figure:
+                     dataset: str) -> Figure:
     """DSC against MACs for one dataset, bubble area by parameters, like the paper's Fig. 4: our runs (circles)
     and the published rows of the dataset's paper table that print parameters and FLOPs (squares; only the binary
     table does).
@@ -362,10 +360,10 @@ def comparison_chart(summaries: Mapping[str, tuple[Path, Mapping[str, Any]]], co
             dsc, flops = _number(str(r[table.datasets[dataset]]).split("±")[0]), _number(r["flops_g"])
             if dsc is not None and flops is not None:
                 paper.append((flops, dsc, _number(r["params_m"]), r["method"]))
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    draw_bubbles(ax, ours, marker="o", color="tab:red", label="this study (MACs)")
+    fig, ax = new_figure(figsize=(7, 4.6))
+    labels = draw_bubbles(ax, ours, marker="o", color="tab:red", label="this study (MACs)")
     if paper:
-        draw_bubbles(ax, paper, marker="s", color="tab:blue", label=f"paper, {table.csv} table (FLOPs = MACs)")
+        labels += draw_bubbles(ax, paper, marker="s", color="tab:blue", label=f"paper, {table.csv} table (FLOPs = MACs)")
     where = "no published complexity for this dataset" if not paper else "squares: the paper's published rows"
     ax.set(xlabel="MACs (G)", ylabel="DSC (%)",
            title=f"{dataset}: DSC vs complexity, bubble area ~ parameters ({where})")
@@ -373,4 +371,5 @@ def comparison_chart(summaries: Mapping[str, tuple[Path, Mapping[str, Any]]], co
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, markerscale=0.5)
     fig.tight_layout()
+    label_bubbles(ax, labels)
     return fig

@@ -1,4 +1,4 @@
-"""Effective receptive fields (SPEC §12; paper Fig. 3; the method of RepLKNet, Ding et al. CVPR 2022).
+"""Effective receptive fields (docs §12; paper Fig. 3; the method of RepLKNet, Ding et al. CVPR 2022).
 
 The ERF of a feature map is the input gradient of its central position, averaged over images:
 where a change of the input moves the centre of the map. Models are probed through their
@@ -21,14 +21,12 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib.pyplot as plt
-from matplotlib.colors import ListedColormap
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from rwkvlab.config import Params
 from rwkvlab.data._base import DataError, read_image
@@ -38,7 +36,8 @@ from rwkvlab import paths
 from rwkvlab.engine.inference import load_trained
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
-from rwkvlab.report.figures import save_figure
+from rwkvlab.progress import Progress
+from rwkvlab.report.figures import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 STATES = {"init": "at init", "trained": "after training"}  # output folder -> figure row label
 # RepLKNet draws seaborn.heatmap(cmap="RdYlGn", center=0) on [0, 1]: the upper half of RdYlGn,
 # yellow at 0 and green at the maximum. Built directly, since seaborn's heatmap warns under this matplotlib.
-_CMAP = ListedColormap(plt.get_cmap("RdYlGn")(np.linspace(0.5, 1.0, 256)))
+_CMAP = matplotlib.colors.ListedColormap(matplotlib.colormaps["RdYlGn"](np.linspace(0.5, 1.0, 256)))
 # ITU-R 601 luma, the weights of PIL's convert("L"), for models built for one channel.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -97,7 +96,7 @@ def _feature_encoder(model: nn.Module) -> nn.Module:
 
 @keep_freed_memory()
 def erf_map(model: nn.Module, images: Tensor, stage: int = -1) -> np.ndarray:
-    """The effective receptive field of an encoder stage, averaged over images (SPEC §12).
+    """The effective receptive field of an encoder stage, averaged over images (docs §12).
 
     Per image (batch 1, model in eval mode): sum over channels of ReLU(stage map at its centre
     ``(h // 2, w // 2)``), backpropagated to the input; ReLU of the input gradient, summed over
@@ -122,7 +121,7 @@ def erf_map(model: nn.Module, images: Tensor, stage: int = -1) -> np.ndarray:
     device = next(model.parameters(), images).device
     total = np.zeros(images.shape[-2:], np.float64)
     used = 0
-    for image in tqdm(images, desc="erf", unit="image", leave=False):
+    for image in Progress(images, desc="erf", unit="image"):
         x = image[None].to(device).requires_grad_(True)
         with torch.enable_grad():  # also when called under no_grad, e.g. next to inference code
             feats = encoder.forward_intermediates(x)
@@ -158,7 +157,7 @@ def scale_erf(erf: np.ndarray) -> np.ndarray:
 
 
 def area_ratio(erf: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, float]:
-    """High-contribution area ratio (SPEC §12): per threshold t, the area over ``H W`` of the
+    """High-contribution area ratio (docs §12): per threshold t, the area over ``H W`` of the
     smallest centred square whose share of the scaled map's total exceeds t (module docstring:
     how squares are placed and cut by the grid).
 
@@ -184,7 +183,7 @@ def area_ratio(erf: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> dic
     return {f"{t:g}": ratios[f"{t:g}"] for t in thresholds}
 
 
-def _draw(ax: plt.Axes, erf: np.ndarray, cbar: bool) -> None:
+def _draw(ax: matplotlib.axes.Axes, erf: np.ndarray, cbar: bool) -> None:
     image = ax.imshow(scale_erf(erf), cmap=_CMAP, vmin=0, vmax=1, interpolation="nearest")
     ax.set(xticks=[], yticks=[])
     if cbar:
@@ -195,13 +194,13 @@ def _ratio_label(erf: np.ndarray) -> str:
     return "area ratio " + " / ".join(f"{100 * r:.1f}" for r in area_ratio(erf).values()) + " %"
 
 
-def erf_heatmap(erf: np.ndarray, title: str) -> plt.Figure:
+def erf_heatmap(erf: np.ndarray, title: str) -> matplotlib.figure.Figure:
     """Heatmap of ``log10(erf + 1) / max`` with the area ratios at 0.2/0.3/0.5/0.99 below it.
 
     Shape:
         erf (H, W).
     """
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    fig, ax = new_figure(figsize=(4.2, 3.6))
     _draw(ax, erf, cbar=True)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(_ratio_label(erf), fontsize=8)
@@ -218,9 +217,7 @@ def write_erf(out_dir: Path, erf: np.ndarray, title: str) -> dict[str, float]:
     out_dir = Path(out_dir)
     ratios = area_ratio(erf)
     atomic_write(out_dir / "erf.npy", lambda p: np.save(p, np.asarray(erf, np.float64)))
-    fig = erf_heatmap(erf, title)
-    save_figure(fig, out_dir / "erf.png")
-    plt.close(fig)
+    save_figure(erf_heatmap(erf, title), out_dir / "erf.png")
     atomic_write(out_dir / "area_ratio.json", lambda p: p.write_text(json.dumps(ratios, indent=2) + "\n"))
     return ratios
 
@@ -268,19 +265,22 @@ def variant_erfs(p: Params, images: Tensor, device: torch.device | str = "cpu") 
         images (N, 3, H, W) in [0, 1] -> {"at init" | "after training": {variant: (H, W) map}}.
     """
     maps: dict[str, dict[str, np.ndarray]] = {label: {} for label in STATES.values()}
+    bar = Progress(total=2 * len(p.erf.variants), desc="erf maps", unit="map")
     for variant in p.erf.variants:
         kwargs = p.ablate.variant(variant).kwargs
         trained = paths.ablation_run_dir(p, variant) / f"{p.erf.checkpoint}.pt"
         for state, checkpoint in (("init", None), ("trained", trained)):
+            bar.update()
             model, _ = probe_model(p.ablate.base_model(variant), kwargs, checkpoint, seed=p.erf.seed, device=device)
             erf = erf_map(model, images, p.erf.stage)
             ratios = write_erf(paths.erf_dir(p) / variant / state, erf, f"{variant} · {STATES[state]}")
             logger.info("erf %s %s: area ratios %s", variant, state, ratios)
             maps[STATES[state]][variant] = erf
+    bar.close()
     return maps
 
 
-def erf_figure(maps: Mapping[str, Mapping[str, np.ndarray]]) -> plt.Figure:
+def erf_figure(maps: Mapping[str, Mapping[str, np.ndarray]]) -> matplotlib.figure.Figure:
     """A grid of ERF heatmaps: one row per state (e.g. at init / after training), one column per
     variant, each with its area ratios (paper Fig. 3).
 
@@ -289,7 +289,7 @@ def erf_figure(maps: Mapping[str, Mapping[str, np.ndarray]]) -> plt.Figure:
     """
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.9 * len(cols), 2.9 * len(rows)), squeeze=False)
+    fig, axes = new_figure(len(rows), len(cols), (2.9 * len(cols), 2.9 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
         for j, col in enumerate(cols):
             ax = axes[i, j]

@@ -1,38 +1,116 @@
-"""Figures: prediction overlays, training curves, dataset montages."""
+"""Figures: prediction overlays, dataset montages, labelled scatter plots (training curves: ``curves``).
+
+Every figure is a :class:`matplotlib.figure.Figure` made without pyplot: no backend is chosen at import and
+no global figure list grows in long loops. Saved with :func:`save_figure`, which returns it, so a notebook
+cell ending in ``save_figure(...)`` shows the figure it wrote (the kernel's inline backend renders it); a
+command line needs no backend at all, since ``savefig`` to PNG draws with Agg.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.transforms import Bbox
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; notebooks display the returned Figure objects
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from rwkvlab.data.cache import Prepared
+from rwkvlab.io import atomic_write
 
-from rwkvlab.data.cache import Prepared  # noqa: E402
-from rwkvlab.io import atomic_write  # noqa: E402
-
-__all__ = ["overlay_figure", "overlay_cases", "training_curves", "dataset_montage", "save_figure"]
+__all__ = ["overlay_figure", "overlay_cases", "dataset_montage", "save_figure", "new_figure", "label_points"]
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Save a figure as PNG without leaving a partial file."""
+def new_figure(rows: int = 1, cols: int = 1, figsize: tuple[float, float] = (6.4, 4.8),
+               **subplots: object) -> tuple[Figure, object]:
+    """A figure (without pyplot) and its axes: ``fig.subplots(rows, cols, **subplots)``."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **subplots)
+
+
+def save_figure(fig: Figure, path: Path) -> Figure:
+    """Save a figure as PNG without leaving a partial file; returns it, for a notebook to display."""
     atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    return fig
 
 
-def _contours(ax: plt.Axes, labels: np.ndarray, color: str, num_classes: int) -> None:
+# Candidate label offsets (points) around an anchor: rings of growing radius, eight directions each, nearest first.
+_DIRECTIONS = [(0, 1), (1, 0), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+_RADII = [3, 8, 14, 22, 32, 45, 60, 80, 105, 135, 170, 210, 260]
+
+
+def label_points(ax: Axes, points: Sequence[tuple[float, float, str]], fontsize: float = 7,
+                 marker_sizes: Sequence[float] | None = None) -> list:
+    """Label each ``(x, y, text)`` of ``ax`` so that no two labels overlap.
+
+    Greedy: each label takes the nearest free spot on rings around its point (inside the axes, off the markers
+    where possible), with a leader line when it sits away from its point. Hand-written because adjustText's
+    repulsion leaves overlaps when many points coincide (nine variants at one MACs count). Call it after the
+    figure's layout is final (``tight_layout``): positions are computed in display space.
+
+    Args:
+        marker_sizes: the scatter sizes (points^2) of the points, kept clear of labels where possible.
+
+    Returns:
+        the annotations, in the order of ``points``.
+    """
+    fig = ax.figure
+    renderer = fig._get_renderer()
+    px = fig.dpi / 72.0
+    axes_box = ax.get_window_extent(renderer)
+    anchors = ax.transData.transform([(x, y) for x, y, _ in points]) if points else np.zeros((0, 2))
+    radii = [np.sqrt(s) / 2 * px for s in (marker_sizes or [0.0] * len(points))]
+    markers = [Bbox.from_extents(a[0] - r, a[1] - r, a[0] + r, a[1] + r) for a, r in zip(anchors, radii)]
+    placed: list[Bbox] = []
+    annotations = []
+    for (x, y, text), anchor in zip(points, anchors):
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = extent.width, extent.height
+        best = None
+        for radius in _RADII:
+            for dx, dy in _DIRECTIONS:
+                norm = np.hypot(dx, dy)
+                ox, oy = radius * dx / norm, radius * dy / norm
+                cx, cy = anchor[0] + ox * px, anchor[1] + oy * px
+                # the box grows away from the anchor: left-aligned to the right, bottom-aligned above, centred on 0
+                x0 = cx - w / 2 if dx == 0 else (cx if dx > 0 else cx - w)
+                y0 = cy - h / 2 if dy == 0 else (cy if dy > 0 else cy - h)
+                box = Bbox.from_bounds(x0, y0, w, h)
+                if any(box.overlaps(b) for b in placed):
+                    continue
+                inside = axes_box.contains(x0, y0) and axes_box.contains(x0 + w, y0 + h)
+                clear = not any(box.overlaps(m) for m in markers)
+                rank = (not inside, not clear)
+                if best is None or rank < best[0]:
+                    best = (rank, (ox, oy), (dx, dy), box, radius)
+                if rank == (False, False):
+                    break
+            if best is not None and best[0] == (False, False):
+                break
+        _, (ox, oy), (dx, dy), box, radius = best
+        ha = "center" if dx == 0 else ("left" if dx > 0 else "right")
+        va = "center" if dy == 0 else ("bottom" if dy > 0 else "top")
+        leader = {"arrowstyle": "-", "color": "0.5", "lw": 0.5, "shrinkA": 0, "shrinkB": 2} if radius > 14 else None
+        annotations.append(ax.annotate(text, (x, y), xytext=(ox, oy), textcoords="offset points", fontsize=fontsize,
+                                       ha=ha, va=va, arrowprops=leader, annotation_clip=False))
+        placed.append(box)
+    return annotations
+
+
+def _contours(ax: Axes, labels: np.ndarray, color: str, num_classes: int) -> None:
     for c in range(1, num_classes):
         if (labels == c).any():
             ax.contour(labels == c, levels=[0.5], colors=[color], linewidths=1.2)
 
 
 def _outline_grid(images: np.ndarray, layers: Sequence[tuple[np.ndarray, str]], titles: Sequence[str],
-                  num_classes: int, cols: int, cell: tuple[float, float]) -> plt.Figure:
+                  num_classes: int, cols: int, cell: tuple[float, float]) -> Figure:
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, (cell[0] * cols, cell[1] * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, title) in enumerate(zip(axes.flat, titles)):
@@ -45,7 +123,7 @@ def _outline_grid(images: np.ndarray, layers: Sequence[tuple[np.ndarray, str]], 
 
 
 def overlay_figure(images: Sequence[np.ndarray], gt: Sequence[np.ndarray], pred: Sequence[np.ndarray],
-                   titles: Sequence[str], num_classes: int, cols: int = 3) -> plt.Figure:
+                   titles: Sequence[str], num_classes: int, cols: int = 3) -> Figure:
     """Images with ground truth (green) and prediction (red) outlines.
 
     Shape:
@@ -58,7 +136,7 @@ def overlay_figure(images: Sequence[np.ndarray], gt: Sequence[np.ndarray], pred:
 
 
 def overlay_cases(data: Prepared, preds: Mapping[str, np.ndarray], per_case: pd.DataFrame, title: str,
-                  n: int) -> plt.Figure:
+                  n: int) -> Figure:
     """Overlays of the first ``n`` evaluated cases; a volume shows its slice with the most foreground."""
     index = {cid: i for i, cid in enumerate(data.ids.tolist())}
     dsc = per_case.groupby("case", sort=False)["dsc"].mean()
@@ -83,21 +161,8 @@ def overlay_cases(data: Prepared, preds: Mapping[str, np.ndarray], per_case: pd.
     return fig
 
 
-def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Training loss and validation DSC per epoch, one line per model."""
-    fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, h in histories.items():
-        ax_loss.plot(h["epoch"], h["train_loss"], marker=".", label=name)
-        ax_dsc.plot(h["epoch"], h["val_dsc"], marker=".", label=name)
-    ax_loss.set(xlabel="epoch", ylabel="train loss (CE + Dice)")
-    ax_dsc.set(xlabel="epoch", ylabel="validation DSC (%)")
-    ax_dsc.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def dataset_montage(images: np.ndarray, masks: np.ndarray, titles: Sequence[str], num_classes: int,
-                    cols: int = 4) -> plt.Figure:
+                    cols: int = 4) -> Figure:
     """Images with their mask outlines (green), for dataset cards."""
     fig = _outline_grid(images, [(masks, "lime")], titles, num_classes, cols, (2.8, 2.3))
     fig.tight_layout()

@@ -39,3 +39,4 @@ def write_table(df: pd.DataFrame, stem: Path, title: str, notes: str = "") -> No
     atomic_write(stem.with_suffix(".csv"), lambda p: df.to_csv(p, index=False))
     md = f"# {title}\n\n{df.to_markdown(index=False)}\n" + (f"\n{notes}\n" if notes else "")
     atomic_write(stem.with_suffix(".md"), lambda p: p.write_text(md))
+

@@ -13,7 +13,8 @@ from PIL import Image
 from rwkvlab.data import DataError, get_reader, load_prepared, validate
 from rwkvlab.data._base import read_image, read_mask
 from rwkvlab.data.__main__ import main
-from rwkvlab.data.prepare import prepare_dataset, write_card
+from rwkvlab.report.cards import write_card
+from rwkvlab.data.prepare import prepare_dataset
 
 BAD = "benign_2"  # its extra mask gets the wrong size, as benign (4)_mask_1.png in circulating copies
 

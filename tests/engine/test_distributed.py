@@ -3,6 +3,7 @@
 line's messages."""
 
 import os
+from pathlib import Path
 import re
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from monai.utils import set_determinism
 from torch.utils.data import DistributedSampler
 
 from rwkvlab import train as cli
-from rwkvlab.config import Recipe
+from rwkvlab.config import recipe_with_defaults
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.distributed import check_nproc, rank_world, sum_over_ranks, torchrun_command
@@ -29,7 +30,7 @@ from rwkvlab.models import create_model
 CPU = torch.device("cpu")
 # No drop path: the reference replays no per-rank random numbers.
 KWARGS = {"drop_path_rate": 0.0, "ccm_drop_path": 0.0}
-RECIPE = Recipe(epochs=1, batch_size=6, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0,
+RECIPE = recipe_with_defaults(epochs=1, batch_size=6, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0,
                 augment="none")
 
 
@@ -175,7 +176,8 @@ def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, sel
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     args = cmd[6:]
     n = 4 + len(expected)
-    assert args[:n] == ["rwkvlab.train", "--params", "params.yaml", *expected, "--no-evaluate"]
+    # the children read the very file the stage loaded, by its absolute path
+    assert args[:n] == ["rwkvlab.train", "--params", str(Path("params.yaml").resolve()), *expected, "--no-evaluate"]
     assert args[n::2] == ["--set"] * len(overrides)
     assert cli.parse_overrides(args[n + 1::2]) == overrides  # the children load the same params
     assert history["val_dsc"].tolist() == [50.0]

@@ -9,9 +9,9 @@ import pytest
 from rwkvlab.complexity import Complexity, model_complexity
 from rwkvlab.data.readers.acdc import ACDC
 from rwkvlab.data.readers.synapse import Synapse
-from rwkvlab.report import (baseline_complexity_table, comparison_chart, comparison_tables, paper_table,
-                            write_comparison_tables)
-from rwkvlab.report.comparison import COMPARISON_TABLES
+from rwkvlab.report.comparison import (COMPARISON_TABLES, baseline_complexity_table, comparison_chart,
+                                       comparison_tables, write_comparison_tables)
+from rwkvlab.report.tables import paper_table
 
 
 def summary(dataset, model, per_seed, kwargs=None):
