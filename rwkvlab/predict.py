@@ -17,7 +17,7 @@ Outputs, in the input's geometry, under ``DIR`` mirroring the input folder:
 
 Every file is written to a temporary name and renamed, so a killed run leaves no half-written output; a
 rerun skips the inputs whose outputs exist. ``--mode resize`` (default) resizes to the training size and the
-labels back (SPEC §7); ``--mode window`` slides windows of the training size over the image (large images).
+labels back (docs §7); ``--mode window`` slides windows of the training size over the image (large images).
 """
 
 from __future__ import annotations
@@ -161,10 +161,12 @@ def _overlay_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
 @keep_freed_memory()
 def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.device, batch_size: int = 4,
                   mode: Mode = "resize", overlap: float = 0.25, window: tuple[float, float] | None = None,
-                  overlay: bool = True) -> pd.DataFrame:
+                  overlay: bool = True, skip_invalid: bool = False) -> pd.DataFrame:
     """Predict every input of ``source`` with ``checkpoint`` and write the outputs under ``out`` (module docstring).
 
     Inputs whose outputs all exist are skipped (a rerun resumes); ``out/predictions.csv`` indexes all of them.
+    With ``skip_invalid``, an input that cannot be read (truncated, wrong mode, ...) is left out instead of
+    stopping the run: each is named in the log and in ``out/skipped.csv`` (input, problem).
 
     Returns:
         the index: input, output, overlay, shape (``"HxW"`` or ``"DxHxW"``), classes present (``;``-joined).
@@ -189,13 +191,21 @@ def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.devic
     size = tuple(meta["image_size"])
     names = list(meta["class_names"])
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     for f in tqdm(files, desc="predict", unit="file"):
         labels_path, overlay_path = targets[f]
         if labels_path.is_file() and (not overlay or overlay_path.is_file()):
             labels = _read_labels(labels_path)
             logger.info("%s: outputs exist, skipped", f)
         else:
-            image, nifti = read_input(f, meta, window)
+            try:
+                image, nifti = read_input(f, meta, window)
+            except DataError as e:
+                if not skip_invalid:
+                    raise DataError(f"{e} (--skip-invalid leaves out the inputs that cannot be read)") from e
+                logger.warning("skipped %s", e)
+                skipped.append({"input": str(f), "problem": str(e)})
+                continue
             if image.ndim == 3 and image.dtype != np.uint8:
                 labels = predict_slices(model, image, size, device, mode, batch_size, overlap)
             else:
@@ -214,7 +224,11 @@ def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.devic
                      "classes": ";".join(names[c] for c in np.unique(labels))})
     index = pd.DataFrame(rows, columns=_COLUMNS)
     atomic_write(out / "predictions.csv", lambda tmp: index.to_csv(tmp, index=False))
-    logger.info("%d input(s) predicted -> %s", len(files), out)
+    left_out = pd.DataFrame(skipped, columns=["input", "problem"])
+    if skipped or (out / "skipped.csv").exists():
+        atomic_write(out / "skipped.csv", lambda tmp: left_out.to_csv(tmp, index=False))
+    logger.info("%d input(s) predicted -> %s%s", len(rows), out,
+                f"; {len(skipped)} left out (cannot be read), listed in {out / 'skipped.csv'}" if skipped else "")
     return index
 
 
@@ -244,11 +258,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="map NIfTI/array intensities [LO, HI] onto [0, 1], e.g. -125 275 for CT in HU")
     parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
                         help="also write <name>_overlay.png")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave out inputs that cannot be read (named on stderr and in <out>/skipped.csv) "
+                             "instead of stopping at the first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         index = predict_files(args.checkpoint, args.input, args.out, _device(args.device), args.batch_size,
-                              args.mode, args.overlap, tuple(args.window) if args.window else None, args.overlay)
+                              args.mode, args.overlap, tuple(args.window) if args.window else None, args.overlay,
+                              args.skip_invalid)
     except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

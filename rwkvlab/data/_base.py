@@ -135,6 +135,25 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from e
 
 
+def _looks_like_lossy_binary(raw: np.ndarray) -> bool:
+    """Grey values of an 8-bit mask that sit, but for a few pixels, within 32 of black or of white, both present."""
+    if raw.dtype != np.uint8:
+        return False
+    dark, bright = raw <= 32, raw >= 223
+    return bool(dark.any() and bright.any() and (dark | bright).mean() >= 0.99)
+
+
+def _ranges(values: list[int]) -> str:
+    """``[2, 3, 4, 7, 248, 249]`` -> ``2-4, 7, 248-249``: ringing values of a lossy mask can be hundreds long."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return "[" + ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) + "]"
+
+
 def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[int, int] | None = None,
               threshold: int | None = None, any_channel: bool = False) -> np.ndarray:
     """Read a single-channel mask and map its pixel values to class indices.
@@ -176,7 +195,13 @@ def read_mask(path: Path, values: Mapping[int, int] | None = None, shape: tuple[
     found = np.unique(raw)
     unexpected = sorted(set(found.tolist()) - set(values))
     if unexpected:
-        raise DataError(f"{path}: mask values {unexpected} are outside the declared values {sorted(values)}")
+        hint = ""
+        if len(values) == 2 and _looks_like_lossy_binary(raw):
+            hint = ("; its values cluster near black and white, as a binary mask saved lossily (JPEG) does: "
+                    "binarise it with the reader option mask_threshold, e.g. prepare.options.<dataset>.mask_threshold: "
+                    "127 (class 1 above that grey value) instead of mask_values")
+        raise DataError(f"{path}: mask values {_ranges(unexpected)} are outside the declared values "
+                        f"{sorted(values)}{hint}")
     lut = np.zeros(int(found.max()) + 1, dtype=np.uint8)
     for value, cls in values.items():
         if value < lut.size:

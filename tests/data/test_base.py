@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from rwkvlab.data import DataError, get_reader, load_prepared, make_split, validate
+from rwkvlab.data._base import read_mask
 from rwkvlab.data.augment import train_transforms
 from rwkvlab.data.loader import SegArrays
 from rwkvlab.data.prepare import prepare_dataset
@@ -159,3 +160,25 @@ def test_palette_mask_is_read_as_displayed(tmp_path):
     im.putpalette([255 - i // 3 for i in range(768)])
     im.save(tmp_path / "m.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png", {0: 0, 255: 1}), idx == 0)
+
+
+def test_lossy_binary_mask_error_names_mask_threshold(tmp_path):
+    # A binary mask saved as JPEG rings around its edges: values near 0 and near 255, as real Kvasir-SEG has.
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 20:44] = 255
+    path = tmp_path / "m.jpg"
+    Image.fromarray(mask).save(path, quality=75)
+    values = np.unique(np.asarray(Image.open(path)))
+    assert set(values.tolist()) - {0, 255}, "the JPEG round trip must add ringing values for this test to mean anything"
+    with pytest.raises(DataError, match=r"m.jpg: mask values \[.*\] are outside the declared values \[0, 255\]; .*"
+                                        r"mask_threshold: 127"):
+        read_mask(path, {0: 0, 255: 1})
+    assert read_mask(path, threshold=127).sum() == pytest.approx(32 * 24, rel=0.05)
+
+
+def test_mid_grey_mask_error_has_no_threshold_hint(tmp_path):
+    path = tmp_path / "m.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(path)
+    with pytest.raises(DataError) as e:
+        read_mask(path, {0: 0, 255: 1})
+    assert "mask_threshold" not in str(e.value) and "[128]" in str(e.value)
