@@ -1,7 +1,9 @@
 """``params.yaml`` -> typed, frozen dataclasses; unknown keys and wrong types are rejected.
 
 Relative paths in the params file are resolved against the file's own folder, so a study can
-be run from a copy of the params elsewhere (the pipeline smoke test does this).
+be run from a copy of the params elsewhere (the pipeline smoke test does this), and its outputs land
+in the same places whatever the working directory: the repository root (papermill under DVC), the
+notebook's folder (a JupyterLab or VS Code kernel) or any folder inside the project.
 """
 
 from __future__ import annotations
@@ -16,32 +18,34 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain",
-           "Recipe", "TrainRun", "Train", "Variant", "Ablate", "Erf", "Evaluate", "Report", "Params", "load"]
+__all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain", "Recipe", "TrainRun", "Train", "Variant", "Ablate", "Erf",
+           "Evaluate", "Report", "Params", "PARAMS_FILE", "find_params_file", "load", "recipe_with_defaults"]
+
+PARAMS_FILE = "params.yaml"
 
 
 @dataclass(frozen=True)
 class Base:
     """Settings shared by every stage."""
 
-    seed: int = 0
-    device: str = "auto"
-    data_dir: Path = Path("data")
-    reports_dir: Path = Path("reports")
-    checkpoints_dir: Path = Path("data/checkpoints")
+    seed: int
+    device: str
+    data_dir: Path
+    reports_dir: Path
+    checkpoints_dir: Path
 
 
 @dataclass(frozen=True)
 class Prepare:
     """Validation, split and caching of the datasets."""
 
-    datasets: dict[str, Path] = field(default_factory=lambda: {"demo": Path("data/demo")})
-    image_size: dict[str, tuple[int, int]] = field(default_factory=lambda: {"demo": (96, 128)})
+    datasets: dict[str, Path]
+    image_size: dict[str, tuple[int, int]]
     # per dataset: reader options, plus ``reader`` (the reader of a dataset of your own, e.g. ``folder``)
     # and ``skip_invalid`` (leave out the cases with a problem); checked by rwkvlab.data.get_reader
-    options: dict[str, dict[str, object]] = field(default_factory=dict)
-    split_seeds: tuple[int, ...] = (0, 1, 2)
-    card_montage: int = 8
+    options: dict[str, dict[str, object]]
+    split_seeds: tuple[int, ...]
+    card_montage: int
 
     def size(self, dataset: str) -> tuple[int, int]:
         if dataset not in self.image_size:
@@ -51,7 +55,7 @@ class Prepare:
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """An encoder pretraining recipe (SPEC §6 last paragraph, §13); names follow timm's ``train.py``."""
+    """An encoder pretraining recipe (docs §6 last paragraph, §13); names follow timm's ``train.py``."""
 
     data: Path                   # an ImageFolder tree: data/train/<class>/*, data/val/<class>/*
     epochs: int
@@ -63,17 +67,17 @@ class PretrainRecipe:
     weight_decay: float          # not applied to norms, biases and other 1-D parameters
     label_smoothing: float
     img_size: int                # training crop and evaluation size, a multiple of 16
-    crop_pct: float = 0.875      # evaluation: resize to img_size / crop_pct, then centre crop
-    scale: tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
-    hflip: float = 0.5
-    auto_augment: str | None = "rand-m9-mstd0.5"   # timm RandAugment string; None for none
-    color_jitter: float = 0.4
-    interpolation: str = "bicubic"
-    drop_path: float = 0.05
-    ema_decay: float = 0.9998
-    ema_warmup: bool = False     # timm's EMA warm-up (decay rises with the step), for short runs
-    clip_grad: float = 5.0       # max gradient norm; 0 for none
-    amp: bool = True             # autocast (bf16, else fp16 + loss scaling) on CUDA only
+    crop_pct: float  # evaluation: resize to img_size / crop_pct, then centre crop
+    scale: tuple[float, float]  # RandomResizedCrop area range
+    hflip: float
+    auto_augment: str | None  # timm RandAugment string; None for none
+    color_jitter: float
+    interpolation: str
+    drop_path: float
+    ema_decay: float
+    ema_warmup: bool  # timm's EMA warm-up (decay rises with the step), for short runs
+    clip_grad: float  # max gradient norm; 0 for none
+    amp: bool  # autocast (bf16, else fp16 + loss scaling) on CUDA only
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,13 @@ class Pretrain:
     """Supervised pretraining of encoders with their classification heads (``rwkvlab.engine.pretrain``): one
     stage ``pretrain@<model>`` for each of ``models``, all with ``recipes[recipe]``."""
 
-    models: tuple[str, ...] = ("rwkv_enc_t",)
-    recipe: str = "demo"         # the entry of ``recipes`` that the stage runs
-    nproc: int = 1               # > 1: the notebook launches torchrun --nproc_per_node=nproc
-    num_workers: int = 0
-    digits_train_per_class: int = 400   # the demo ImageFolder (rwkvlab.data.digits)
-    digits_val_per_class: int = 100
-    recipes: dict[str, PretrainRecipe] = field(default_factory=dict)
+    models: tuple[str, ...]
+    recipe: str  # the entry of ``recipes`` that the stage runs
+    nproc: int  # > 1: the notebook launches torchrun --nproc_per_node=nproc
+    num_workers: int
+    digits_train_per_class: int  # the demo ImageFolder (rwkvlab.data.digits)
+    digits_val_per_class: int
+    recipes: dict[str, PretrainRecipe]
 
     def run_recipe(self) -> PretrainRecipe:
         if self.recipe not in self.recipes:
@@ -98,7 +102,7 @@ class Pretrain:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training recipe (SPEC §6); one per dataset."""
+    """A training recipe (docs §6); one per dataset."""
 
     epochs: int
     batch_size: int
@@ -107,32 +111,32 @@ class Recipe:
     weight_decay: float
     ce_weight: float
     dice_weight: float
-    test_checkpoint: Literal["best", "last"] = "best"
-    augment: Literal["none", "light", "acdc"] = "light"  # rwkvlab.data.augment
+    test_checkpoint: Literal["best", "last"]
+    augment: Literal["none", "light", "acdc"]  # rwkvlab.data.augment
     # Not in the paper: recompute BatchNorm statistics on the training images before each
     # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
     # that lag far behind the weights.
-    precise_bn: bool = False
+    precise_bn: bool
     # Encoder weights to start from: "pretrain/<encoder model>" loads the pretrain stage's encoder.pt
     # (the head dropped by an explicit key filter, then a strict load); None trains from scratch.
-    init: str | None = None
-    # Speed and safety (issue 10); the defaults are the plain fp32 eager loop.
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: autocast (the WKV still accumulates in fp32)
-    channels_last: bool = False  # NHWC weights and inputs (faster convolutions on GPUs and recent CPUs)
-    compile: bool = False        # torch.compile the model (graph breaks at the Bi-WKV op until it is a custom op)
-    fused_adamw: bool = False    # torch's fused AdamW kernel where the device has one (same update up to rounding)
-    clip_grad: float = 0.0       # max global gradient norm; 0 for none
-    val_every: int = 0           # > 0: also validate (and keep best.pt) every this many optimizer steps
-    sync_bn: bool = False        # under DDP: SyncBatchNorm (GPUs), else per-rank statistics averaged each epoch
-    # Semi-supervised training (FUGC, SPEC §6; rwkvlab.engine.train): each step adds, on a batch of unlabelled
+    init: str | None
+    # Speed and safety (issue 10); train.recipe_defaults in params.yaml: the plain fp32 eager loop.
+    precision: Literal["fp32", "bf16"]  # bf16: autocast (the WKV still accumulates in fp32)
+    channels_last: bool  # NHWC weights and inputs (faster convolutions on GPUs and recent CPUs)
+    compile: bool  # torch.compile the model (graph breaks at the Bi-WKV op until it is a custom op)
+    fused_adamw: bool  # torch's fused AdamW kernel where the device has one (same update up to rounding)
+    clip_grad: float  # max global gradient norm; 0 for none
+    val_every: int  # > 0: also validate (and keep best.pt) every this many optimizer steps
+    sync_bn: bool  # under DDP: SyncBatchNorm (GPUs), else per-rank statistics averaged each epoch
+    # Semi-supervised training (FUGC, docs §6; rwkvlab.engine.train): each step adds, on a batch of unlabelled
     # images, consistency_weight * ramp * the MSE between the predictions on two views (rwkvlab.data.augment).
-    consistency_weight: float = 0.0   # > 0 turns the consistency term on; needs an unlabelled source below
-    consistency_rampup: int = 0  # epochs of the ramp exp(-5 (1 - t)^2), t advanced every optimizer step; 0: none
-    unlabelled: str | None = None     # a split of unlabelled images (FUGC: "unlabelled")
+    consistency_weight: float  # > 0 turns the consistency term on; needs an unlabelled source below
+    consistency_rampup: int  # epochs of the ramp exp(-5 (1 - t)^2), t advanced every optimizer step; 0: none
+    unlabelled: str | None  # a split of unlabelled images (FUGC: "unlabelled")
     # this fraction of the train split, drawn with the run's seed, loses its labels and joins the unlabelled
     # pool (for sets without unlabelled images, e.g. the demo); it applies with consistency_weight 0 too, so
     # the supervised baseline on the same labels is the same recipe with the weight set to 0
-    unlabelled_fraction: float = 0.0
+    unlabelled_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,19 +158,22 @@ class TrainRun:
     dataset: str
     model: str
     recipe: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0,)
-    init: str | None = None
+    kwargs: dict[str, Any]
+    seeds: tuple[int, ...]
+    init: str | None
 
 
 @dataclass(frozen=True)
 class Train:
     """The configured runs (``runs``: name -> :class:`TrainRun`) and the recipes they name."""
 
-    runs: dict[str, TrainRun] = field(default_factory=dict)
-    num_workers: int = 0
-    nproc: int = 1               # > 1: the train stage runs torchrun --nproc_per_node=nproc (DDP)
-    recipes: dict[str, Recipe] = field(default_factory=dict)
+    runs: dict[str, TrainRun]
+    num_workers: int
+    nproc: int  # > 1: the train stage runs torchrun --nproc_per_node=nproc (DDP)
+    recipes: dict[str, Recipe]
+    # what a recipe or run leaves out (every optional field, stated once in params.yaml)
+    recipe_defaults: dict[str, Any]
+    run_defaults: dict[str, Any]
 
     def recipe(self, name: str) -> Recipe:
         if name not in self.recipes:
@@ -181,7 +188,7 @@ class Train:
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation row of the paper (SPEC §10): a base model plus keyword arguments.
+    """One ablation row of the paper (docs §10): a base model plus keyword arguments.
 
     Args:
         table: the paper table the row belongs to (``"2"``, ``"6"``, ``"8"``-``"13"``).
@@ -196,26 +203,27 @@ class Variant:
     """
 
     table: str
-    row: str = ""
-    model: str = "rwkv_unet_b"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    size: int = 224
-    num_classes: int = 9
-    recipe: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None
+    row: str
+    model: str
+    kwargs: dict[str, Any]
+    size: int
+    num_classes: int
+    recipe: dict[str, Any]
+    dataset: str | None
 
 
 @dataclass(frozen=True)
 class Ablate:
     """The ablation study: which variants are trained, on what, and the variants themselves."""
 
-    dataset: str = "demo"
-    recipe: str = "ablate_demo"
+    dataset: str
+    recipe: str
     # The base the trained variants apply their settings to; None trains each on its paper base model.
-    model: str | None = "rwkv_unet_t"
-    split_seed: int = 0          # the split of ``dataset`` (of prepare.split_seeds) the variants train on
-    trained: tuple[str, ...] = ()
-    variants: dict[str, Variant] = field(default_factory=dict)
+    model: str | None
+    split_seed: int  # the split of ``dataset`` (of prepare.split_seeds) the variants train on
+    trained: tuple[str, ...]
+    variants: dict[str, Variant]
+    variant_defaults: dict[str, Any]  # what a variant leaves out
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -249,12 +257,12 @@ class Ablate:
 class Evaluate:
     """Test-set evaluation."""
 
-    batch_size: int = 8
+    batch_size: int
 
 
 @dataclass(frozen=True)
 class Erf:
-    """Effective receptive fields (SPEC §12, paper Fig. 3): ablation variants at init and trained.
+    """Effective receptive fields (docs §12, paper Fig. 3): ablation variants at init and trained.
 
     Args:
         variants: ``ablate.variants`` names, each applied to the ablation's base model.
@@ -266,32 +274,34 @@ class Erf:
         checkpoint: which checkpoint of the ablation runs is probed after training.
     """
 
-    variants: tuple[str, ...] = ("attn_none", "attn_mhsa", "attn_bimamba", "attn_spatial_mix")
-    images: Path = Path("data/demo/images")
-    size: tuple[int, int] = (112, 112)
-    n: int = 16
-    stage: int = -1
-    seed: int = 0
-    checkpoint: Literal["best", "last"] = "last"
+    variants: tuple[str, ...]
+    images: Path
+    size: tuple[int, int]
+    n: int
+    stage: int
+    seed: int
+    checkpoint: Literal["best", "last"]
 
 
 @dataclass(frozen=True)
 class Report:
     """Tables and figures."""
 
-    overlay_cases: int = 6
+    overlay_cases: int
 
 
 @dataclass(frozen=True)
 class Params:
-    base: Base = field(default_factory=Base)
-    prepare: Prepare = field(default_factory=Prepare)
-    pretrain: Pretrain = field(default_factory=Pretrain)
-    train: Train = field(default_factory=Train)
-    evaluate: Evaluate = field(default_factory=Evaluate)
-    ablate: Ablate = field(default_factory=Ablate)
-    erf: Erf = field(default_factory=Erf)
-    report: Report = field(default_factory=Report)
+    base: Base
+    prepare: Prepare
+    pretrain: Pretrain
+    train: Train
+    evaluate: Evaluate
+    ablate: Ablate
+    erf: Erf
+    report: Report
+    # the file it was read from (absolute), so that a stage can hand the same file to its torchrun children
+    file: Path | None = field(default=None, init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_runs(self)
@@ -354,7 +364,7 @@ def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"params: {where} must be a mapping, got {value!r}")
-        names = {f.name: f for f in dataclasses.fields(tp)}
+        names = {f.name: f for f in dataclasses.fields(tp) if f.init}
         unknown = sorted(set(value) - set(names))
         if unknown:
             raise ValueError(f"params: unknown key(s) {unknown} in {where}; known: {sorted(names)}")
@@ -394,16 +404,71 @@ def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:
     return value
 
 
-def load(params_file: str | Path = "params.yaml", **overrides: Any) -> Params:
+# Entries of params.yaml that may leave fields out, and where the values they leave out are stated:
+# (section, entries, defaults, entry type). Nothing here holds a value: the defaults are params.
+_ENTRY_DEFAULTS = (("train", "recipes", "recipe_defaults", Recipe), ("train", "runs", "run_defaults", TrainRun),
+                   ("ablate", "variants", "variant_defaults", Variant))
+
+
+def _fill_entries(raw: dict[str, Any]) -> None:
+    """Complete each recipe, run and variant of ``raw`` with its section's ``*_defaults`` (in place)."""
+    for section, entries, defaults_key, tp in _ENTRY_DEFAULTS:
+        node = raw.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(defaults_key), dict):
+            continue  # a missing or malformed defaults mapping is reported by _convert, naming its key
+        defaults = node[defaults_key]
+        unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(tp)})
+        if unknown:
+            raise ValueError(f"params: {section}.{defaults_key} has unknown key(s) {unknown}; known: "
+                             f"{sorted(f.name for f in dataclasses.fields(tp))}")
+        if isinstance(node.get(entries), dict):
+            node[entries] = {name: {**defaults, **entry} if isinstance(entry, dict) else entry
+                             for name, entry in node[entries].items()}
+
+
+def recipe_with_defaults(params_file: str | Path | None = None, **fields: Any) -> Recipe:
+    """A :class:`Recipe` of ``fields`` completed with ``train.recipe_defaults`` of the project's params file, as
+    a recipe of ``train.recipes`` is (for code and tests that build a recipe without naming every field)."""
+    path = find_params_file(params_file)
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("recipe_defaults")
+    if not isinstance(defaults, dict):
+        raise ValueError(f"{path}: train.recipe_defaults is missing")
+    return _convert({**defaults, **fields}, Recipe, "recipe", path.parent)
+
+
+def find_params_file(params_file: str | Path | None = None, start: str | Path | None = None) -> Path:
+    """The params file a stage or notebook reads, as an absolute path.
+
+    An explicit ``params_file`` is taken as given (relative to the working directory). Without one, the
+    project's ``params.yaml`` is found by walking up from ``start`` (default: the working directory, which
+    is the notebook's folder in a Jupyter kernel and the repository root under DVC) to the first folder
+    that holds one.
+
+    Raises:
+        FileNotFoundError: the explicit file does not exist, or no folder from ``start`` up holds a params.yaml.
+    """
+    if params_file is not None:
+        path = Path(params_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"params file {path} not found (working directory {Path.cwd()})")
+        return path.resolve()
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder / PARAMS_FILE
+    raise FileNotFoundError(f"no {PARAMS_FILE} in {here} or any folder above it; open the notebook inside the "
+                            f"project, or pass params_file explicitly")
+
+
+def load(params_file: str | Path | None = None, **overrides: Any) -> Params:
     """Read and validate the params file.
 
     Args:
-        params_file: the YAML file; relative paths inside resolve against its folder.
+        params_file: the YAML file; relative paths inside resolve against its folder. ``None``: the project's
+            ``params.yaml`` found from the working directory (:func:`find_params_file`).
         overrides: dotted keys to replace, e.g. ``**{"train.recipes.demo.epochs": 1}``.
     """
-    params_file = Path(params_file)
-    if not params_file.is_file():
-        raise FileNotFoundError(f"params file {params_file} not found")
+    params_file = find_params_file(params_file)
     raw = yaml.safe_load(params_file.read_text()) or {}
     for key, value in overrides.items():
         node = raw
@@ -411,4 +476,7 @@ def load(params_file: str | Path = "params.yaml", **overrides: Any) -> Params:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return _convert(raw, Params, str(params_file), params_file.resolve().parent)
+    _fill_entries(raw)
+    params = _convert(raw, Params, str(params_file), params_file.parent)
+    object.__setattr__(params, "file", params_file)
+    return params

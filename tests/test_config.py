@@ -1,9 +1,11 @@
 """params.yaml -> typed config: the committed file loads, mistakes are named."""
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rwkvlab import config
 
@@ -31,83 +33,114 @@ def test_every_prepared_dataset_has_a_reader():
     assert readers <= set(READERS)
 
 
+def committed(**overrides):
+    """The committed params.yaml with dotted keys replaced (what every test below varies)."""
+    return config.load(ROOT / "params.yaml", **overrides)
+
+
 @pytest.mark.parametrize(
-    "text,message",
+    "overrides,message",
     [
-        ("train: {epochz: 3}", r"unknown key\(s\) \['epochz'\] in .*\.train"),
-        ("prepare: {image_size: {demo: [96]}}", r"prepare.image_size.demo must have 2 items"),
-        ("base: {seed: 'zero'}", r"base.seed must be int"),
-        ("train: {recipes: {demo: {epochs: 1}}}", r"train.recipes.demo is missing required key\(s\) \['batch_size'"),
-        ("train: {recipes: {demo: {epochs: 1, batch_size: 1, lr: 1, min_lr: 0, weight_decay: 0, ce_weight: 1, "
-         "dice_weight: 1, test_checkpoint: first}}}", r"test_checkpoint must be one of"),
+        ({"train.epochz": 3}, r"unknown key\(s\) \['epochz'\] in .*\.train"),
+        ({"prepare.image_size.demo": [96]}, r"prepare.image_size.demo must have 2 items"),
+        ({"base.seed": "zero"}, r"base.seed must be int"),
+        ({"train.recipes.new": {"epochs": 1}}, r"train.recipes.new is missing required key\(s\) \['batch_size'"),
+        ({"train.recipes.demo.test_checkpoint": "first"}, r"test_checkpoint must be one of"),
+        ({"erf.n": None}, r"erf.n must be int"),
+        ({"train.recipe_defaults.epochz": 1}, r"train.recipe_defaults has unknown key\(s\) \['epochz'\]"),
     ],
 )
-def test_bad_params_are_named(tmp_path, text, message):
-    f = tmp_path / "params.yaml"
-    f.write_text(text)
+def test_bad_params_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
+        committed(**overrides)
+
+
+def test_a_section_without_a_value_is_named(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text((ROOT / "params.yaml").read_text().replace("  n: 8 ", "  # n removed "))
+    with pytest.raises(ValueError, match=r"erf is missing required key\(s\) \['n'\]"):
         config.load(f)
 
 
-def test_missing_recipe_is_named(tmp_path):
-    f = tmp_path / "params.yaml"
-    f.write_text("train: {num_workers: 0}")
-    with pytest.raises(ValueError, match="train.recipes has no recipe 'busi'"):
-        config.load(f).train.recipe("busi")
+def test_config_holds_no_second_value():
+    """Every value a stage uses comes from params.yaml: no field of the typed config has a default."""
+    def walk(tp, seen):
+        if dataclasses.is_dataclass(tp) and tp not in seen:
+            seen.add(tp)
+            yield tp
+            for hint in typing.get_type_hints(tp).values():
+                for arg in (hint, *typing.get_args(hint)):
+                    yield from walk(arg, seen)
+
+    types = list(walk(config.Params, set()))
+    with_default = [f"{tp.__name__}.{f.name}" for tp in types for f in dataclasses.fields(tp)
+                    if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+    assert not with_default, f"defaults belong in params.yaml: {with_default}"
+    assert {"Recipe", "TrainRun", "Variant", "Erf", "PretrainRecipe"} <= {t.__name__ for t in types}
 
 
-RECIPE = ("{epochs: 1, batch_size: 1, lr: 1.0e-3, min_lr: 0.0, weight_decay: 0.0, ce_weight: 1.0, "
-          "dice_weight: 1.0}")
+def test_missing_recipe_is_named():
+    with pytest.raises(ValueError, match="train.recipes has no recipe 'nope'"):
+        committed().train.recipe("nope")
 
 
-def runs_params(tmp_path, runs: str, extra: str = "") -> Path:
-    f = tmp_path / "params.yaml"
-    f.write_text(f"prepare: {{datasets: {{demo: d, busi: b}}, split_seeds: [0, 1, 2]}}\n"
-                 f"train: {{runs: {runs}, recipes: {{demo: {RECIPE}, binary: {RECIPE}}}}}\n{extra}")
-    return f
+RECIPE = {"epochs": 1, "batch_size": 1, "lr": 1.0e-3, "min_lr": 0.0, "weight_decay": 0.0, "ce_weight": 1.0,
+          "dice_weight": 1.0}
 
 
-def test_runs_load_with_their_seeds(tmp_path):
-    p = config.load(runs_params(tmp_path, "{busi-unet: {dataset: busi, model: unet, recipe: binary, seeds: [2, 0]}, "
-                                           "demo-t: {dataset: demo, model: rwkv_unet_t, recipe: demo, "
-                                           "kwargs: {mixer: none}}}"))
-    assert p.train.run("busi-unet") == config.TrainRun(dataset="busi", model="unet", recipe="binary", seeds=(2, 0))
+def with_runs(runs: str, **extra):
+    return committed(**{"prepare.datasets": {"demo": "d", "busi": "b"}, "prepare.split_seeds": [0, 1, 2],
+                        "train.runs": yaml.safe_load(runs), "train.recipes": {"demo": RECIPE, "binary": RECIPE},
+                        **extra})
+
+
+def test_runs_load_with_their_seeds():
+    p = with_runs("{busi-unet: {dataset: busi, model: unet, recipe: binary, seeds: [2, 0]}, "
+                  "demo-t: {dataset: demo, model: rwkv_unet_t, recipe: demo, kwargs: {mixer: none}}}")
+    assert p.train.run("busi-unet") == config.TrainRun(dataset="busi", model="unet", recipe="binary", kwargs={},
+                                                       seeds=(2, 0), init=None)
     assert p.train.run("demo-t").kwargs == {"mixer": "none"} and p.train.run("demo-t").seeds == (0,)
+    assert p.train.recipe("demo").augment == "light"  # from train.recipe_defaults
     with pytest.raises(ValueError, match=r"train.runs has no run 'busi-t'; runs: busi-unet, demo-t"):
         p.train.run("busi-t")
 
 
 @pytest.mark.parametrize("runs,extra,message", [
-    ("{a: {dataset: demo, model: unet, recipe: nope}}", "",
+    ("{a: {dataset: demo, model: unet, recipe: nope}}", {},
      r"train.runs.a.recipe 'nope' is not in train.recipes; recipes: \['binary', 'demo'\]"),
-    ("{a: {dataset: kvasir_seg, model: unet, recipe: demo}}", "",
+    ("{a: {dataset: kvasir_seg, model: unet, recipe: demo}}", {},
      r"train.runs.a.dataset 'kvasir_seg' is not in prepare.datasets"),
-    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [0, 3]}}", "",
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [0, 3]}}", {},
      r"train.runs.a.seeds must be distinct split seeds of prepare.split_seeds \[0, 1, 2\], got \[0, 3\]"),
-    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [1, 1]}}", "", r"train.runs.a.seeds must be distinct"),
-    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: []}}", "", r"train.runs.a.seeds must be"),
-    ("{a/b: {dataset: demo, model: unet, recipe: demo}}", "", r"run name 'a/b' must be letters, digits"),
-    ("{a.b: {dataset: demo, model: unet, recipe: demo}}", "", r"run name 'a.b' must be"),
-    ("{a: {dataset: demo, recipe: demo}}", "", r"train.runs.a is missing required key\(s\) \['model'\]"),
-    ("{}", "ablate: {split_seed: 5}", r"ablate.split_seed 5 is not in prepare.split_seeds \[0, 1, 2\]"),
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: [1, 1]}}", {}, r"train.runs.a.seeds must be distinct"),
+    ("{a: {dataset: demo, model: unet, recipe: demo, seeds: []}}", {}, r"train.runs.a.seeds must be"),
+    ("{a/b: {dataset: demo, model: unet, recipe: demo}}", {}, r"run name 'a/b' must be letters, digits"),
+    ("{a.b: {dataset: demo, model: unet, recipe: demo}}", {}, r"run name 'a.b' must be"),
+    ("{a: {dataset: demo, recipe: demo}}", {}, r"train.runs.a is missing required key\(s\) \['model'\]"),
+    ("{}", {"ablate.split_seed": 5}, r"ablate.split_seed 5 is not in prepare.split_seeds \[0, 1, 2\]"),
 ])
-def test_bad_runs_are_named(tmp_path, runs, extra, message):
+def test_bad_runs_are_named(runs, extra, message):
     with pytest.raises(ValueError, match=message):
-        config.load(runs_params(tmp_path, runs, extra))
+        with_runs(runs, **extra)
 
 
 def test_overrides_and_relative_paths(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text("base: {data_dir: d}")
-    p = config.load(f, **{"base.seed": 7})
+    f.write_text((ROOT / "params.yaml").read_text())
+    p = config.load(f, **{"base.seed": 7, "base.data_dir": "d"})
     assert p.base.seed == 7 and p.base.data_dir == tmp_path / "d"
 
 
 def test_a_variant_shares_the_run_of_its_configuration():
-    variants = {"default": config.Variant(table="2"), "k3": config.Variant(table="8", kwargs={"decoder_kernel": 3}),
-                "k9": config.Variant(table="8"), "pre": config.Variant(table="7", recipe={"init": "pretrain/x"}),
-                "big": config.Variant(table="13", size=512), "s": config.Variant(table="9", model="rwkv_unet_s")}
-    a = config.Ablate(model=None, trained=("default", "k3"), variants=variants)
+    ablate = committed().ablate
+
+    def variant(**fields):
+        return config.Variant(**{**ablate.variant_defaults, **fields})
+
+    variants = {"default": variant(table="2"), "k3": variant(table="8", kwargs={"decoder_kernel": 3}),
+                "k9": variant(table="8"), "pre": variant(table="7", recipe={"init": "pretrain/x"}),
+                "big": variant(table="13", size=512), "s": variant(table="9", model="rwkv_unet_s")}
+    a = dataclasses.replace(ablate, model=None, trained=("default", "k3"), variants=variants)
     assert [a.trained_as(v) for v in variants] == ["default", "k3", "default", None, None, None]
     # with one base model for every variant, the S row's settings are the default's
     assert dataclasses.replace(a, model="rwkv_unet_t").trained_as("s") == "default"

@@ -1,4 +1,4 @@
-"""DSC and HD95 (SPEC §7) on hand-made masks, against answers computed independently."""
+"""DSC and HD95 (docs §7) on hand-made masks, against answers computed independently."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Augmentation recipes (SPEC §6) and the invertible two views of FUGC's consistency loss."""
+"""Augmentation recipes (docs §6) and the invertible two views of FUGC's consistency loss."""
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ import torch
 from fixtures import folder
 from PIL import Image
 
-from rwkvlab.config import Recipe
+from rwkvlab.config import recipe_with_defaults
 from rwkvlab.data import DataError, get_reader, load_prepared, validate
 from rwkvlab.data.__main__ import main
 from rwkvlab.data.prepare import prepare_dataset
@@ -131,7 +131,7 @@ def test_validate_prepare_train_evaluate(root, tmp_path):
     data = load_prepared(cache, tmp_path / "splits" / "seed0.json")
     assert data.dataset == "mydata" and data.class_names == folder.CLASS_NAMES and data.in_chans == 3
     assert {s: len(i) for s, i in data.splits.items()} == {"train": 16, "val": 2, "test": 2}
-    recipe = Recipe(epochs=1, batch_size=8, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
+    recipe = recipe_with_defaults(epochs=1, batch_size=8, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
     history = fit("rwkv_unet_t", data, recipe, tmp_path / "run", seed=0, device=torch.device("cpu"))
     assert list(history["epoch"]) == [1] and np.isfinite(history["train_loss"]).all()
     model = create_model("rwkv_unet_t", in_chans=3, num_classes=len(folder.CLASS_NAMES))

@@ -1,4 +1,4 @@
-"""The readers of the 2D binary benchmarks (SPEC §8) on small fixtures in the published layouts."""
+"""The readers of the 2D binary benchmarks (docs §8) on small fixtures in the published layouts."""
 
 import shutil
 

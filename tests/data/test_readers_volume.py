@@ -1,4 +1,4 @@
-"""Readers of the volumetric and multi-class layouts (SPEC §8) on fixture folders the tests write:
+"""Readers of the volumetric and multi-class layouts (docs §8) on fixture folders the tests write:
 Synapse, the synthetic Synapse demo, ACDC, GOALS and FUGC."""
 
 import re

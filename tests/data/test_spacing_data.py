@@ -1,4 +1,4 @@
-"""Voxel spacing from the readers through the cache (HD95 in mm, SPEC §7), ACDC's NIfTI release, and the
+"""Voxel spacing from the readers through the cache (HD95 in mm, docs §7), ACDC's NIfTI release, and the
 prepare stage's size check, which no longer assumes a model's size rule."""
 
 import h5py

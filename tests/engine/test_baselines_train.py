@@ -9,14 +9,14 @@ import torch
 from monai.utils import set_determinism
 
 from rwkvlab.complexity import trained_complexity
-from rwkvlab.config import Recipe
+from rwkvlab.config import recipe_with_defaults
 from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.inference import load_trained
 from rwkvlab.engine.train import fit
 from rwkvlab.models import create_model
 
 BASELINES = ["unet", "att_unet", "unet_pp", "r50_unet", "transunet", "swin_unet"]
-RECIPE = Recipe(epochs=1, batch_size=3, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
+RECIPE = recipe_with_defaults(epochs=1, batch_size=3, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
 CPU = torch.device("cpu")
 
 

@@ -1,4 +1,4 @@
-"""The MONAI-based loss equals SPEC §6's formula written out by hand."""
+"""The MONAI-based loss equals docs §6's formula written out by hand."""
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rwkvlab import predict as predict_mod
-from rwkvlab.config import Recipe
+from rwkvlab.config import recipe_with_defaults
 from rwkvlab.data import Prepared
 from rwkvlab.engine.checkpoint import save_checkpoint
 from rwkvlab.engine.inference import load_for_prediction, predict, predict_volume
@@ -138,7 +138,7 @@ def test_nifti_keeps_shape_affine_and_slices_along_the_third_axis(grey_ckpt, tmp
     assert labels.shape == volume.shape and out.get_data_dtype() == np.uint8
     np.testing.assert_allclose(out.affine, AFFINE)
     model, _ = load_for_prediction(grey_ckpt, CPU)
-    for z in range(volume.shape[2]):  # the SPEC §7 protocol on each array[:, :, z]
+    for z in range(volume.shape[2]):  # the docs §7 protocol on each array[:, :, z]
         np.testing.assert_array_equal(labels[:, :, z], predict_volume(model, volume[None, :, :, z], SIZE, CPU)[0])
     assert len(np.unique(labels)) > 1
     flat = nib.load(tmp_path / "out" / "flat_labels.nii")
@@ -215,7 +215,7 @@ def test_reads_a_checkpoint_of_fit(tmp_path):
     data = Prepared(dataset="toy", description="toy", class_names=("background", "fg"), images=images, masks=masks,
                     ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool), sizes=np.full((n, 2), 32),
                     splits={"train": np.arange(4), "val": np.arange(4, 6)})
-    recipe = Recipe(epochs=1, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
+    recipe = recipe_with_defaults(epochs=1, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
     fit("rwkv_unet_t", data, recipe, tmp_path / "run", seed=0, device=CPU)
     model, meta = load_for_prediction(tmp_path / "run" / "best.pt", CPU)
     assert meta["image_size"] == list(SIZE) and meta["intensity"] == "uint8"
@@ -292,3 +292,22 @@ def test_command_line_exits_non_zero_without_a_traceback(rgb_ckpt, tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert bad.returncode == 2 and "nowhere: input not found" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_skip_invalid_leaves_out_truncated_files_and_names_them(rgb_ckpt, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(src / name)
+    full = (src / "a.png").read_bytes()
+    (src / "b.png").write_bytes(full[: len(full) // 2])  # truncated, sorted between the two good ones
+    args = ["--checkpoint", str(rgb_ckpt), "--input", str(src), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "b.png: unreadable or truncated" in err and "--skip-invalid" in err
+    assert main([*args, "--skip-invalid"]) == 0
+    index = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "a.png" in index and "c.png" in index and "b.png" not in index
+    skipped = (tmp_path / "out" / "skipped.csv").read_text()
+    assert "b.png" in skipped and "truncated" in skipped and "a.png" not in skipped
+    assert not (tmp_path / "out" / "b_labels.png").exists()

@@ -49,7 +49,8 @@ def write_tree(root, n_train=4, n_val=2, classes=CLASSES):
 def recipe_for(data, **kw):
     base = dict(data=data, epochs=2, batch_size=4, lr=3e-3, min_lr=1e-5, warmup_epochs=1, warmup_lr=1e-4,
                 weight_decay=0.05, label_smoothing=0.1, img_size=32, scale=(0.5, 1.0), interpolation="bilinear",
-                ema_decay=0.9, ema_warmup=True)
+                ema_decay=0.9, ema_warmup=True, crop_pct=0.875, hflip=0.5, auto_augment="rand-m9-mstd0.5", color_jitter=0.4,
+                drop_path=0.05, clip_grad=5.0, amp=True)
     return PretrainRecipe(**{**base, **kw})
 
 

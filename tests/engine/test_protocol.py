@@ -1,4 +1,4 @@
-"""The volume protocol (SPEC §7) gives TransUNet's ``test_single_volume`` bit for bit, through prepare -> evaluate.
+"""The volume protocol (docs §7) gives TransUNet's ``test_single_volume`` bit for bit, through prepare -> evaluate.
 
 The reference is a transcription, written here from the published steps, of TransUNet's ``test_single_volume``
 and ``calculate_metric_percase`` with MedPy's ``dc`` and ``hd95``: plain NumPy, SciPy and torch, one slice per

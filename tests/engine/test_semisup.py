@@ -1,4 +1,4 @@
-"""Semi-supervised training (FUGC, SPEC §6): the consistency term pulls the two views' predictions together, the
+"""Semi-supervised training (FUGC, docs §6): the consistency term pulls the two views' predictions together, the
 batched consistency equals the per-image one, the ramp-up, the labelled/unlabelled split and the unlabelled
 order (the same global batches for every number of ranks), resuming, and the recipe's errors."""
 
@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
-from rwkvlab.config import Recipe
+from rwkvlab.config import recipe_with_defaults
 from rwkvlab.data.augment import TwoViews, batch_consistency_loss, consistency_loss
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.losses import seg_loss
@@ -25,7 +25,7 @@ from rwkvlab.models import create_model
 
 CPU = torch.device("cpu")
 SMALL = {"features": (4, 4, 8, 8, 16, 4)}  # a MONAI BasicUNet that steps in milliseconds
-SEMI = Recipe(epochs=2, batch_size=2, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0,
+SEMI = recipe_with_defaults(epochs=2, batch_size=2, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0,
               augment="none", consistency_weight=0.5, consistency_rampup=2, unlabelled_fraction=0.5)
 
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from rwkvlab.config import Recipe
+from rwkvlab.config import Recipe, recipe_with_defaults
 from rwkvlab.engine import train as train_mod
 from rwkvlab.engine.inference import load_trained
 from rwkvlab.engine.losses import seg_loss
 from rwkvlab.engine.train import NonFiniteLossError, build_optimizer, check_recipe, fit, train_step
 from rwkvlab.models import create_model
 
-RECIPE = Recipe(epochs=3, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
+RECIPE = recipe_with_defaults(epochs=3, batch_size=4, lr=1e-3, min_lr=1e-5, weight_decay=1e-4, ce_weight=0.5, dice_weight=1.0)
 
 
 

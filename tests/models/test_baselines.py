@@ -1,4 +1,4 @@
-"""The comparison baselines against the paper's binary table (SPEC §14) and the rwkvlab model contract."""
+"""The comparison baselines against the paper's binary table (docs §14) and the rwkvlab model contract."""
 
 import pytest
 import torch
@@ -148,7 +148,7 @@ def test_bad_arguments_raise(name, bad):
         create_model(name, **bad)
 
 
-# MACs at 256, 1 class, as the complexity command counts them (SPEC §11). Att-UNet and R50-UNet match the paper's
+# MACs at 256, 1 class, as the complexity command counts them (docs §11). Att-UNet and R50-UNet match the paper's
 # figure within 5%; the others are asserted at their measured values, with the reasons in the report: MONAI's
 # transposed convs are counted at output positions (thop), 4x their true MACs (U-Net 2.68G, UNet++ 7.52G), and
 # TransUNet's 12 ViT blocks alone are 21.74G of Linear MACs at 256 tokens.

@@ -1,4 +1,4 @@
-"""The Table 2 token mixers (SPEC §10) against float64 re-derivations, on non-square token grids."""
+"""The Table 2 token mixers (docs §10) against float64 re-derivations, on non-square token grids."""
 
 import math
 

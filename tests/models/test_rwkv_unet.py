@@ -1,4 +1,4 @@
-"""RWKV-UNet against the counts of SPEC §5 and the shape contract of SPEC §4."""
+"""RWKV-UNet against the counts of docs §5 and the shape contract of docs §4."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ def n_params(module):
     return sum(p.numel() for p in module.parameters())
 
 
-# SPEC §5: encoder without head (paper Table 1), full model without head, and with the
+# docs §5: encoder without head (paper Table 1), full model without head, and with the
 # 1000-class head the authors' release builds (their README).
 COUNTS = {"t": (2.94e6, 3.15e6, 3.31e6), "s": (9.42e6, 9.70e6, 9.90e6), "b": (16.69e6, 17.13e6, 17.37e6)}
 

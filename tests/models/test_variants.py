@@ -1,4 +1,4 @@
-"""Every ablation variant of the paper is a configuration of the one model (SPEC §10), and travels by name + kwargs."""
+"""Every ablation variant of the paper is a configuration of the one model (docs §10), and travels by name + kwargs."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The reference Bi-WKV against an independent brute-force double loop (SPEC §2)."""
+"""The reference Bi-WKV against an independent brute-force double loop (docs §2)."""
 
 import math
 
@@ -9,7 +9,7 @@ from rwkvlab.ops import bi_wkv
 
 
 def brute_force(k, v, w, u):
-    """The SPEC §2 formula term by term in float64, with the maximum subtracted per output."""
+    """The docs §2 formula term by term in float64, with the maximum subtracted per output."""
     n, t, c = k.shape
     y = torch.zeros(n, t, c, dtype=torch.float64)
     for b in range(n):

@@ -1,4 +1,4 @@
-"""Fast Bi-WKV paths against the float64 reference (SPEC §2, issue 3).
+"""Fast Bi-WKV paths against the float64 reference (docs §2, issue 3).
 
 Paths: the ``cpu`` backend (C++ kernel), the pure-PyTorch chunked scan with its default chunking and
 with the CUDA kernel's (its CPU mirror), and the ``cuda`` backend where a GPU is present. Without a

@@ -1,4 +1,4 @@
-"""Effective receptive fields (SPEC §12) against cases with a known answer."""
+"""Effective receptive fields (docs §12) against cases with a known answer."""
 
 import json
 import logging
@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -17,7 +18,8 @@ from rwkvlab.erf import main
 from rwkvlab.report.erf import (area_ratio, area_ratio_table, erf_figure, erf_map, load_images, probe_model,
                                 scale_erf, variant_erfs, write_erf)
 
-ROOT_IMAGES = Path(__file__).resolve().parents[2] / "data" / "demo" / "images"
+ROOT = Path(__file__).resolve().parents[2]
+ROOT_IMAGES = ROOT / "data" / "demo" / "images"
 
 
 class ConvStack(nn.Module):
@@ -256,7 +258,9 @@ def test_command_line(tmp_path, capsys):
     assert printed == json.loads((tmp_path / "out/area_ratio.json").read_text())
     assert np.load(tmp_path / "out/erf.npy").shape == (32, 48)
     params = tmp_path / "params.yaml"
-    params.write_text('ablate: {variants: {lp: {table: "2", kwargs: {mixer: none}}}}\n')
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["ablate"].update(trained=[], variants={"lp": {"table": "2", "kwargs": {"mixer": "none"}}})
+    params.write_text(yaml.safe_dump(raw))
     assert main(["--model", "rwkv_enc_t", "--variant", "lp", "--params", str(params), "--images", str(tmp_path),
                  "--size", "32", "32", "--n", "1", "--out", str(tmp_path / "lp"), "--seed", "4"]) == 0
     torch.manual_seed(4)
@@ -265,15 +269,12 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_variant_erfs_probes_each_variant_at_init_and_trained(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"""
-base: {{seed: 0, device: cpu, data_dir: data, reports_dir: reports, checkpoints_dir: ckpt}}
-ablate:
-  model: rwkv_unet_t
-  variants: {{v_none: {{table: "2", kwargs: {{mixer: none}}}}, v_mix: {{table: "2"}}}}
-erf: {{variants: [v_none, v_mix], images: {ROOT_IMAGES}, size: [32, 32], n: 1, stage: -1, seed: 5}}
-""")
-    p = config.load(params)
+    p = config.load(ROOT / "params.yaml", **{
+        "base.device": "cpu", "base.checkpoints_dir": str(tmp_path / "ckpt"), "base.reports_dir": str(tmp_path / "reports"),
+        "ablate.model": "rwkv_unet_t", "ablate.trained": [],
+        "ablate.variants": {"v_none": {"table": "2", "kwargs": {"mixer": "none"}}, "v_mix": {"table": "2"}},
+        "erf.variants": ["v_none", "v_mix"], "erf.images": str(ROOT_IMAGES), "erf.size": [32, 32], "erf.n": 1,
+        "erf.stage": -1, "erf.seed": 5, "erf.checkpoint": "last"})
     trained = {}
     for variant, kwargs in (("v_none", {"mixer": "none"}), ("v_mix", {})):
         trained[variant] = create_model("rwkv_unet_t", **kwargs)
