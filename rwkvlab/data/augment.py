@@ -1,13 +1,22 @@
 """Training augmentation with MONAI dictionary transforms (docs §6).
 
-Recipes (``train.recipes.<dataset>.augment`` in ``params.yaml``):
+Recipes (``train.recipes.<dataset>.augment`` in ``params.yaml``); the last three are the authors' release
+(``datasets/dataset_{acdc,synapse}.py``), step for step and with its probabilities:
 
 * ``none``: no augmentation.
 * ``light``: flips, rotation up to 30 degrees (p 0.3), brightness/contrast (p 0.3); keeps any
   aspect ratio (the 2D binary sets and the demo).
-* ``acdc``: the authors' ACDC/Synapse recipe: random rot90 + flip (p 0.5), rotation +-30 degrees
-  (p 0.3), brightness/contrast (p 0.3), random crop of 0.8-1.2 of the side (p 0.3), then resize
-  back to the training size with nearest neighbour for image and label, as the authors do.
+* ``acdc``: p 0.5 a random rot90 followed by a flip of one random axis (so mirrored images occur),
+  p 0.3 a rotation of -30..29 degrees, p 0.3 brightness and contrast, p 0.3 a random crop.
+* ``synapse``: the release's Synapse recipe, used with the pretrained encoder: only brightness and contrast
+  (p 0.1) and the random crop (p 0.1).
+* ``synapse_scratch``: the same plus what the release enables "if the pretrained weights are not used":
+  p 0.5 rot90 + flip of one axis, p 0.2 a rotation.
+
+Geometry of the release's recipes is nearest-neighbour for image and label alike, as the release does. Its
+random crop draws one ratio r in [0.8, 1.2) for both sides, keeps the full side where r >= 1, cuts a window of
+that size at a random place and resizes it back to the training size: a zoom into a part of the field of view
+(about half the time, when r < 1, on at least one side).
 
 :class:`TwoViews` makes the two views of an unlabelled image that FUGC's consistency loss compares,
 with geometry (rot90, flip) that :func:`invert_view` undoes exactly on the predictions;
@@ -24,9 +33,11 @@ import torch
 from monai import transforms as mt
 from monai.data import get_track_meta, set_track_meta
 
-__all__ = ["train_transforms", "TwoViews", "invert_view", "consistency_loss", "batch_consistency_loss"]
+__all__ = ["AUGMENTATIONS", "train_transforms", "ReleaseCropd", "BrightnessContrastd", "TwoViews", "invert_view",
+           "consistency_loss", "batch_consistency_loss"]
 
-Recipe = Literal["none", "light", "acdc"]
+Recipe = Literal["none", "light", "acdc", "synapse", "synapse_scratch"]
+AUGMENTATIONS = ("none", "light", "acdc", "synapse", "synapse_scratch")
 KEYS = ("image", "label")
 
 
@@ -35,23 +46,87 @@ def _intensity() -> list[mt.Transform]:
             mt.RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.3)]
 
 
+class BrightnessContrastd(mt.RandomizableTransform, mt.MapTransform):
+    """The release's brightness and contrast, one probability for both: ``x (1 + b)``, b ~ U(-0.2, 0.2), then
+    ``(x - mean) c + mean``, c ~ U(0.8, 1.2), clipped to [0, 1] (or [0, 255] where the image exceeds 1).
+    Hand-written: MONAI's fixed-mean scaling clips to the image's own range, not to the value range."""
+
+    def __init__(self, keys: Sequence[str] | str = "image", prob: float = 0.1) -> None:
+        mt.RandomizableTransform.__init__(self, prob)
+        mt.MapTransform.__init__(self, keys)
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        brightness, contrast = self.R.uniform(-0.2, 0.2), self.R.uniform(0.8, 1.2)
+        out = dict(data)
+        for key in self.keys:
+            x = torch.as_tensor(out[key]).float() * (1 + brightness)
+            mean = x.mean()
+            x = (x - mean) * contrast + mean
+            out[key] = x.clamp(0, 1 if x.max() <= 1 else 255)
+        return out
+
+
+class ReleaseCropd(mt.RandomizableTransform, mt.MapTransform):
+    """The release's random crop: one ratio r ~ U(0.8, 1.2) for both sides, each side ``int(side * r)`` capped at
+    the full side, a window of that size at a uniformly random place, resized back to ``size`` with nearest
+    neighbour (image and label). Hand-written: MONAI's RandScaleCropd draws each side's scale independently and
+    has no cap at the full side."""
+
+    def __init__(self, keys: Sequence[str], size: tuple[int, int], prob: float) -> None:
+        mt.RandomizableTransform.__init__(self, prob)
+        mt.MapTransform.__init__(self, keys)
+        self.resize = mt.Resized(keys, spatial_size=size, mode="nearest")
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        h, w = torch.as_tensor(data[self.keys[0]]).shape[-2:]
+        ratio = self.R.uniform(0.8, 1.2)
+        ch, cw = min(h, int(h * ratio)), min(w, int(w * ratio))
+        top, left = self.R.randint(0, h - ch + 1), self.R.randint(0, w - cw + 1)
+        out = dict(data)
+        for key in self.keys:
+            out[key] = torch.as_tensor(out[key])[..., top:top + ch, left:left + cw]
+        return self.resize(out)
+
+
+def _rot90_flip(prob: float) -> mt.Transform:
+    """p ``prob``: rot90 by a random k, then a flip of one random axis (the release's ``random_rot_flip``)."""
+    both = mt.Compose([mt.RandRotate90d(KEYS, prob=1.0), mt.RandAxisFlipd(KEYS, prob=1.0)])
+    return mt.OneOf([both, mt.Identityd(KEYS)], weights=[prob, 1 - prob])
+
+
+def _release_rotation(prob: float) -> mt.Transform:
+    """p ``prob``: a rotation of -30..29 degrees (integer), nearest for image and label, corners zero."""
+    return mt.RandRotated(KEYS, range_x=(-math.pi / 6, math.radians(29)), prob=prob, mode="nearest",
+                          padding_mode="zeros")
+
+
 def train_transforms(recipe: Recipe, size: tuple[int, int], seed: int) -> mt.Compose | None:
     """The augmentation of ``recipe`` for items of spatial ``size`` (H, W); ``None`` for ``none``."""
-    rotate = mt.RandRotated(KEYS, range_x=math.pi / 6, prob=0.3, mode=("bilinear", "nearest"), padding_mode="zeros")
     if recipe == "none":
         return None
+    if recipe in ("acdc", "synapse_scratch") and size[0] != size[1]:
+        raise ValueError(f"augment {recipe!r} rotates by 90 degrees and needs square items, got {size}")
     if recipe == "light":
         steps = [mt.RandFlipd(KEYS, prob=0.5, spatial_axis=0), mt.RandFlipd(KEYS, prob=0.5, spatial_axis=1),
-                 rotate, *_intensity()]
+                 mt.RandRotated(KEYS, range_x=math.pi / 6, prob=0.3, mode=("bilinear", "nearest"),
+                                padding_mode="zeros"),
+                 *_intensity()]
     elif recipe == "acdc":
-        if size[0] != size[1]:
-            raise ValueError(f"augment 'acdc' rotates by 90 degrees and needs square items, got {size}")
-        steps = [mt.RandRotate90d(KEYS, prob=0.5), mt.RandFlipd(KEYS, prob=0.5, spatial_axis=(0, 1)), rotate,
-                 *_intensity(),
-                 mt.RandZoomd(KEYS, prob=0.3, min_zoom=0.8, max_zoom=1.2, mode="nearest", keep_size=False),
-                 mt.Resized(KEYS, spatial_size=size, mode="nearest")]
+        steps = [_rot90_flip(0.5), _release_rotation(0.3), BrightnessContrastd(prob=0.3),
+                 ReleaseCropd(KEYS, size, prob=0.3)]
+    elif recipe == "synapse":
+        steps = [BrightnessContrastd(prob=0.1), ReleaseCropd(KEYS, size, prob=0.1)]
+    elif recipe == "synapse_scratch":
+        steps = [_rot90_flip(0.5), _release_rotation(0.2), BrightnessContrastd(prob=0.1),
+                 ReleaseCropd(KEYS, size, prob=0.1)]
     else:
-        raise ValueError(f"unknown augmentation recipe {recipe!r}; expected none, light or acdc")
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {', '.join(AUGMENTATIONS)}")
     compose = _WithoutMeta([*steps, mt.ToTensord(KEYS, track_meta=False)])
     compose.set_random_state(seed)
     return compose

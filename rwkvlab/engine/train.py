@@ -34,12 +34,13 @@ import math
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 from monai.utils import set_determinism
+from timm.layers import DropPath
 from timm.utils import distribute_bn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -64,7 +65,7 @@ from rwkvlab.progress import Progress
 logger = logging.getLogger(__name__)
 
 __all__ = ["fit", "train_step", "semisup_step", "build_optimizer", "check_recipe", "NonFiniteLossError",
-           "data_fingerprint", "model_kwargs_for", "consistency_ramp", "unlabelled_pool", "unlabelled_order"]
+           "data_fingerprint", "model_kwargs_for", "consistency_ramp", "unlabelled_pool", "unlabelled_order", "precise_bn"]
 
 # consistency comes last so that the CSVs of supervised runs written before it keep their columns' places
 _HISTORY = ["epoch", "lr", "train_loss", "val_dsc", "consistency"]
@@ -309,6 +310,21 @@ def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: 
                       num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
+def precise_bn(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
+    """Recompute every BatchNorm's running statistics over ``batches`` (torch's ``update_bn``) with drop path
+    switched off: ``update_bn`` runs the model in train mode, where DropPath would drop residual branches and
+    skew the statistics towards a network that inference never runs."""
+    paths = [m for m in model.modules() if isinstance(m, DropPath)]
+    rates = [m.drop_prob for m in paths]
+    for m in paths:
+        m.drop_prob = 0.0
+    try:
+        update_bn(batches, model)
+    finally:
+        for m, rate in zip(paths, rates):
+            m.drop_prob = rate
+
+
 @keep_freed_memory()
 def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
         device: torch.device, model_kwargs: dict[str, Any] | None = None, init: Path | None = None,
@@ -447,7 +463,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if recipe.precise_bn:
-            update_bn((as_float(b["image"].to(device)) for b in _loader(
+            precise_bn((as_float(b["image"].to(device)) for b in _loader(
                 SegArrays(train_data, "train"), recipe.batch_size, False, seed, epoch, num_workers, device)), model)
         if world > 1 and not recipe.sync_bn:
             distribute_bn(model, world, reduce=True)

@@ -269,3 +269,24 @@ def test_recipe_errors_name_the_field():
         check_recipe(replace(RECIPE, clip_grad=-1.0), 1, CPU)
     with pytest.raises(ValueError, match=r"val_every must be >= 0"):
         check_recipe(replace(RECIPE, val_every=-2), 1, CPU)
+
+
+def test_precise_bn_runs_without_drop_path():
+    """The statistics precise_bn computes are those of the network inference runs: with drop path at 0.9 they
+    equal those of the same weights without drop path, and the drop rate is restored afterwards."""
+    from rwkvlab.engine.train import precise_bn
+    from timm.layers import DropPath
+
+    torch.manual_seed(0)
+    dropping = create_model("rwkv_unet_t", num_classes=2, drop_path_rate=0.9)
+    plain = create_model("rwkv_unet_t", num_classes=2, drop_path_rate=0.0)
+    plain.load_state_dict(dropping.state_dict())
+    batches = [torch.rand(2, 3, 32, 32) for _ in range(3)]
+    torch.manual_seed(1)
+    precise_bn(iter(batches), dropping)
+    torch.manual_seed(1)
+    precise_bn(iter(batches), plain)
+    for (name, a), b in zip(dropping.state_dict().items(), plain.state_dict().values()):
+        if "running_" in name:
+            torch.testing.assert_close(a, b, msg=name)
+    assert max(m.drop_prob for m in dropping.modules() if isinstance(m, DropPath)) > 0.5
