@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain", "Recipe", "TrainRun", "Train", "Variant", "Ablate", "Erf",
-           "Evaluate", "Report", "Params", "PARAMS_FILE", "find_params_file", "load", "recipe_with_defaults"]
+__all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain", "Recipe", "TrainRun", "Train", "Variant", "Protocol",
+           "Ablate", "Erf", "Evaluate", "Report", "Params", "PARAMS_FILE", "find_params_file", "load",
+           "recipe_with_defaults"]
 
 PARAMS_FILE = "params.yaml"
 
@@ -112,7 +113,7 @@ class Recipe:
     ce_weight: float
     dice_weight: float
     test_checkpoint: Literal["best", "last"]
-    augment: Literal["none", "light", "acdc"]  # rwkvlab.data.augment
+    augment: Literal["none", "light", "acdc", "synapse", "synapse_scratch"]  # rwkvlab.data.augment
     # Not in the paper: recompute BatchNorm statistics on the training images before each
     # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
     # that lag far behind the weights.
@@ -199,7 +200,9 @@ class Variant:
         num_classes: classes at which the paper counts them (Synapse: 9).
         recipe: recipe fields that override the ablation recipe when this variant is trained (e.g. ``init``).
         dataset: the prepared dataset it trains and is tested on when not ``ablate.dataset``: the same images
-            prepared at another size (Table 13: ``synapse_512``, Synapse at 512 x 512).
+            prepared at another size (Table 13: ``synapse_512``, Synapse at 512 x 512), or another benchmark
+            (Table 8's ACDC column: ``acdc``).
+        protocol: the training protocol of this row when it is not its table's (Table 7: one per row).
     """
 
     table: str
@@ -210,6 +213,21 @@ class Variant:
     num_classes: int
     recipe: dict[str, Any]
     dataset: str | None
+    protocol: str | None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the paper trained the rows of an ablation table (docs §10).
+
+    Args:
+        recipe: the recipe of ``train.recipes`` (its epochs: 100 for the paper's scratch-100, 30 otherwise).
+        pretrained: start the encoder from the pretrain stage's weights of the base model's size
+            (``pretrain/rwkv_enc_<size>``); timm encoders (Table 6) have none offline and start from scratch.
+    """
+
+    recipe: str
+    pretrained: bool
 
 
 @dataclass(frozen=True)
@@ -217,11 +235,12 @@ class Ablate:
     """The ablation study: which variants are trained, on what, and the variants themselves."""
 
     dataset: str
-    recipe: str
     # The base the trained variants apply their settings to; None trains each on its paper base model.
     model: str | None
     split_seed: int  # the split of ``dataset`` (of prepare.split_seeds) the variants train on
     trained: tuple[str, ...]
+    protocols: dict[str, Protocol]  # name (scratch-100, pretrained-30, ...) -> how it trains
+    tables: dict[str, str | None]  # paper table -> its protocol; None: each row names its own
     variants: dict[str, Variant]
     variant_defaults: dict[str, Any]  # what a variant leaves out
 
@@ -230,6 +249,18 @@ class Ablate:
             raise ValueError(f"params.yaml: unknown ablation variant {name!r}; ablate.variants: "
                              f"{', '.join(sorted(self.variants))}")
         return self.variants[name]
+
+    def protocol_of(self, name: str) -> str:
+        """The training protocol of variant ``name``: its own, else its table's."""
+        v = self.variant(name)
+        protocol = v.protocol or self.tables.get(v.table)
+        if protocol is None:
+            raise ValueError(f"params.yaml: ablate.variants.{name} needs a protocol: table {v.table} has none in "
+                             f"ablate.tables (its rows differ)")
+        if protocol not in self.protocols:
+            raise ValueError(f"params.yaml: variant {name}: protocol {protocol!r} is not in ablate.protocols "
+                             f"{sorted(self.protocols)}")
+        return protocol
 
     def base_model(self, name: str) -> str:
         """The model a trained variant applies its settings to."""
@@ -241,14 +272,14 @@ class Ablate:
 
     def trained_as(self, name: str) -> str | None:
         """The trained variant whose run is ``name``'s: itself if trained, else the first trained one with the same
-        base model, kwargs, recipe fields and size (one configuration is one run, e.g. Table 7's "without" row and
+        base model, kwargs, recipe fields, size, dataset and protocol (one configuration is one run, e.g. Table 7's "without" row and
         Table 2's default under the same recipe); ``None`` if no trained run has its configuration."""
         if name in self.trained:
             return name
 
         def configuration(n: str) -> tuple:
             v = self.variant(n)
-            return self.base_model(n), v.kwargs, v.recipe, v.size, self.dataset_of(n)
+            return self.base_model(n), v.kwargs, v.recipe, v.size, self.dataset_of(n), self.protocol_of(n)
 
         return next((t for t in self.trained if configuration(t) == configuration(name)), None)
 
@@ -334,6 +365,15 @@ def _check_runs(p: Params) -> None:
             where = f"ablate.variants.{name}.dataset" if p.ablate.variant(name).dataset else "ablate.dataset"
             raise ValueError(f"params: {where} {dataset!r} (trained variant {name}) is not in prepare.datasets; "
                              f"datasets: {sorted(p.prepare.datasets)}")
+    for table, protocol in p.ablate.tables.items():
+        if protocol is not None and protocol not in p.ablate.protocols:
+            raise ValueError(f"params: ablate.tables.{table} names protocol {protocol!r}, not one of ablate.protocols "
+                             f"{sorted(p.ablate.protocols)}")
+    for name, protocol in p.ablate.protocols.items():
+        if protocol.recipe not in p.train.recipes:
+            raise ValueError(f"params: ablate.protocols.{name}.recipe {protocol.recipe!r} is not in train.recipes")
+    for name in p.ablate.variants:
+        p.ablate.protocol_of(name)
     if p.ablate.split_seed not in seeds:
         raise ValueError(f"params: ablate.split_seed {p.ablate.split_seed} is not in prepare.split_seeds "
                          f"{list(p.prepare.split_seeds)}")

@@ -89,9 +89,10 @@ RECIPE = {"epochs": 1, "batch_size": 1, "lr": 1.0e-3, "min_lr": 0.0, "weight_dec
 
 
 def with_runs(runs: str, **extra):
+    protocols = {name: {"recipe": "demo", "pretrained": False} for name in committed().ablate.protocols}
     return committed(**{"prepare.datasets": {"demo": "d", "busi": "b"}, "prepare.split_seeds": [0, 1, 2],
                         "train.runs": yaml.safe_load(runs), "train.recipes": {"demo": RECIPE, "binary": RECIPE},
-                        **extra})
+                        "ablate.protocols": protocols, **extra})
 
 
 def test_runs_load_with_their_seeds():
@@ -138,9 +139,10 @@ def test_a_variant_shares_the_run_of_its_configuration():
         return config.Variant(**{**ablate.variant_defaults, **fields})
 
     variants = {"default": variant(table="2"), "k3": variant(table="8", kwargs={"decoder_kernel": 3}),
-                "k9": variant(table="8"), "pre": variant(table="7", recipe={"init": "pretrain/x"}),
+                "k9": variant(table="10"), "k9_p30": variant(table="8"), "pre": variant(table="7", recipe={"init": "pretrain/x"}, protocol="scratch-30"),
                 "big": variant(table="13", size=512), "s": variant(table="9", model="rwkv_unet_s")}
     a = dataclasses.replace(ablate, model=None, trained=("default", "k3"), variants=variants)
-    assert [a.trained_as(v) for v in variants] == ["default", "k3", "default", None, None, None]
+    # the same settings under another protocol (Table 8: pretrained-30) are another run
+    assert [a.trained_as(v) for v in variants] == ["default", "k3", "default", None, None, None, None]
     # with one base model for every variant, the S row's settings are the default's
     assert dataclasses.replace(a, model="rwkv_unet_t").trained_as("s") == "default"

@@ -60,13 +60,16 @@ train:
                    dice_weight: 1.0}}
 ablate:
   dataset: demo
-  recipe: ablate_demo
   model: rwkv_unet_t
   split_seed: 0
   trained: [attn_none, attn_spatial_mix, pre_digits]
-  variant_defaults: {{row: "", model: rwkv_unet_b, kwargs: {{}}, size: 224, num_classes: 9, recipe: {{}}, dataset: null}}
+  protocols: {{scratch-100: {{recipe: ablate_demo, pretrained: false}}, pretrained-30: {{recipe: ablate_demo,
+              pretrained: true}}}}
+  tables: {{"2": scratch-100, "7": null, "11": pretrained-30}}
+  variant_defaults: {{row: "", model: rwkv_unet_b, kwargs: {{}}, size: 224, num_classes: 9, recipe: {{}}, dataset: null,
+                     protocol: null}}
   variants:
-    pre_digits: {{table: "7", row: "with,30", recipe: {{init: pretrain/rwkv_enc_t}}}}
+    pre_digits: {{table: "7", row: "with,30", protocol: pretrained-30}}
     attn_spatial_mix: {{table: "2", row: "RWKV Spatial-Mix (paper default)"}}
     attn_none: {{table: "2", kwargs: {{mixer: none}}}}
     skips1: {{table: "11", row: "1,with", kwargs: {{skips: 1}}}}
@@ -160,7 +163,7 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
             run("05_ablations", f"05_{variant}", variant=variant)
         run("05_ablation_tables", "05_tables")
         run("06_erf", "06")
-        run("07_explore_ablations", "07", try_kwargs={"mixer": "none", "decoder_kernel": 3}, cases=2)
+        run("07_explore_ablations", "07", variants=None, try_kwargs={"mixer": "none", "decoder_kernel": 3}, cases=2)
 
     # The two branches of the DAG share only the prepared data: run them side by side (kernel start-up dominates).
     with ThreadPoolExecutor(2) as pool:

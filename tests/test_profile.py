@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rwkvlab import config
-from rwkvlab.engine.runs import configured_run
+from rwkvlab.engine.runs import ablation_run, configured_run
 from rwkvlab.profile import apply_profile, main, read_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,20 +90,30 @@ def test_the_paper_profile_is_the_papers_study(paper):
     expected = {f"{d}-{m}" for d in TABLES_3_5 + BINARY for m in MODELS}
     assert set(p.train.runs) == expected and len(expected) == 99
     for name, run in p.train.runs.items():
-        assert name == f"{run.dataset}-{run.model}" and run.recipe == run.dataset and run.kwargs == {}
+        # RWKV-UNet-T on Synapse trains at batch 32 (paper §4.2): its own recipe
+        recipe = "synapse_t" if name == "synapse-rwkv_unet_t" else run.dataset
+        assert name == f"{run.dataset}-{run.model}" and run.recipe == recipe and run.kwargs == {}
         assert run.seeds == ((0, 1, 2) if run.dataset in THREE_SPLITS else (0,)), name
         # as in the paper, every RWKV-UNet starts from the ImageNet-pretrained encoder of its size
         expected_init = f"pretrain/{run.model.replace('unet', 'enc')}" if run.model.startswith("rwkv_unet_") else None
         assert run.init == expected_init and configured_run(p, name, run.seeds[0]).recipe.init == expected_init, name
-    assert (p.ablate.dataset, p.ablate.recipe, p.ablate.model) == ("synapse", "ablate_synapse", None)
-    # every variant has a run: its own, or the trained one of the same configuration (the B defaults share one)
-    assert all(p.ablate.trained_as(v) is not None for v in p.ablate.variants)
-    assert set(p.ablate.variants) - set(p.ablate.trained) == {"enc_rwkv_b", "dec_k9", "glsp_default", "skips3", "ccm_rate2"}
-    assert {p.ablate.trained_as(v) for v in ("enc_rwkv_b", "dec_k9", "glsp_default", "skips3", "ccm_rate2")} == {"attn_spatial_mix"}
+    assert (p.ablate.dataset, p.ablate.model) == ("synapse", None)
+    assert {n: (x.recipe, x.pretrained) for n, x in p.ablate.protocols.items()} == {
+        "scratch-100": ("ablate_synapse", False), "scratch-30": ("ablate_synapse_30", False),
+        "pretrained-30": ("synapse", True)}
+    # every variant has a run: its own, or the trained one of the same configuration under the same protocol
+    counted_only = {v for v, x in p.ablate.variants.items() if {"ccm_width", "ccm_over"} & set(x.kwargs)}
+    assert all(p.ablate.trained_as(v) is not None for v in set(p.ablate.variants) - counted_only)
+    shared = {"enc_rwkv_b", "dec_k9", "glsp_default", "skips3", "ccm_rate2", "pre_none_100", "initnorm_release_post",
+              "initnorm_release_post_p30"}
+    assert set(p.ablate.variants) - set(p.ablate.trained) == shared | counted_only
+    assert {v: p.ablate.trained_as(v) for v in shared} == {
+        "enc_rwkv_b": "pre_digits", "dec_k9": "pre_digits", "skips3": "pre_digits", "ccm_rate2": "pre_digits",
+        "glsp_default": "attn_spatial_mix", "pre_none_100": "attn_spatial_mix",
+        "initnorm_release_post": "attn_spatial_mix", "initnorm_release_post_p30": "pre_digits"}
     assert (p.pretrain.models, p.pretrain.recipe, p.erf.n) == (("rwkv_enc_t", "rwkv_enc_s", "rwkv_enc_b"), "imagenet", 50)
     # Table 7's pretrained row starts from the encoder a pretrain stage writes, of its own base model
-    pre = p.ablate.variant("pre_digits")
-    assert pre.recipe["init"] == "pretrain/rwkv_enc_b" and p.ablate.base_model("pre_digits") == "rwkv_unet_b"
+    assert ablation_run(p, "pre_digits").init.parent.name == "rwkv_enc_b"
     # Table 13's row trains and tests at 512 x 512 on Synapse prepared at that size
     assert p.ablate.dataset_of("b_512") == "synapse_512" and p.prepare.image_size["synapse_512"] == (512, 512)
     assert p.prepare.datasets["synapse_512"] == p.prepare.datasets["synapse"]

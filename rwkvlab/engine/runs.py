@@ -32,8 +32,8 @@ from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "configured_run", "train_run", "ablation_run", "resolve_init", "load_data", "describe", "train",
-           "evaluate", "summarize_seeds", "read_summary"]
+__all__ = ["Run", "configured_run", "train_run", "ablation_run", "pretrained_encoder", "resolve_init", "load_data",
+           "describe", "train", "evaluate", "summarize_seeds", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,35 @@ def train_run(p: Params, dataset: str, model: str, variant: str | None = None, s
 
 def ablation_run(p: Params, variant: str) -> Run:
     """The run of the ablation stage ``ablate@<variant>``: the variant's settings on ``ablate.model`` (or its own
-    base model), trained on ``ablate.dataset`` (or the variant's own ``dataset``) with
-    ``train.recipes.<ablate.recipe>`` plus its recipe fields."""
+    base model), trained on ``ablate.dataset`` (or the variant's own ``dataset``) under its table's protocol
+    (:meth:`rwkvlab.config.Ablate.protocol_of`): that protocol's recipe plus the variant's recipe fields, from the
+    pretrained encoder of the base model's size where the protocol is a pretrained one."""
     v = p.ablate.variant(variant)
-    recipe = _with_recipe_fields(p.train.recipe(p.ablate.recipe), v.recipe, f"ablate.variants.{variant}.recipe")
+    protocol = p.ablate.protocols[p.ablate.protocol_of(variant)]
+    recipe = _with_recipe_fields(p.train.recipe(protocol.recipe), v.recipe, f"ablate.variants.{variant}.recipe")
+    model = p.ablate.base_model(variant)
+    if protocol.pretrained and recipe.init is None:
+        recipe = dataclasses.replace(recipe, init=pretrained_encoder(p, model, v.kwargs, variant))
     out = paths.ablation_dir(p, variant)
     return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset_of(variant), split_seed=p.ablate.split_seed,
-               model=p.ablate.base_model(variant),
-               model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
+               model=model, model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
                checkpoints=paths.ablation_run_dir(p, variant), history=out / "history.csv", evaluation=out)
+
+
+def pretrained_encoder(p: Params, model: str, kwargs: dict[str, Any], variant: str) -> str | None:
+    """The ``init`` of a pretrained protocol: ``pretrain/rwkv_enc_<size>`` for ``rwkv_unet_<size>``; ``None`` for a
+    timm encoder (Table 6), whose ImageNet weights cannot be downloaded here.
+
+    Raises:
+        ValueError: the encoder is not one of ``pretrain.models`` (no stage writes its weights).
+    """
+    if kwargs.get("encoder", "rwkv") != "rwkv":
+        return None
+    encoder = model.replace("rwkv_unet_", "rwkv_enc_")
+    if encoder not in p.pretrain.models:
+        raise ValueError(f"params.yaml: variant {variant} trains under a pretrained protocol from {encoder}, which "
+                         f"is not in pretrain.models {list(p.pretrain.models)}")
+    return f"pretrain/{encoder}"
 
 
 def load_data(p: Params, run: Run) -> Prepared:

@@ -7,8 +7,9 @@ config table and registered as ``rwkv_unet_t|s|b`` (segmentation) and ``rwkv_enc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from timm.layers import DropPath, LayerNorm2d, SEModule, trunc_normal_
@@ -44,12 +45,25 @@ class RWKVUNetCfg:
         decoder_kernel: depthwise kernel of the decoder up-blocks (Table 8).
         skips: skip connections kept, 0-3; the deepest are dropped first (Table 11).
         ccm: mix the kept skips with CCM (Table 11); without it the raw encoder features are the skips.
+        ccm_over: which encoder stages CCM mixes when fewer than three skips are kept: ``"all"`` three (the
+            paper's Table 11 FLOPs imply it: 10.96G and 11.04G for one and two skips), each kept skip then
+            carrying the cross-scale context of the dropped ones; ``"kept"`` only the kept skips (one skip
+            then has no cross-scale fusion at all).
         ccm_rate: hidden expansion of the CCM Channel Mix (Table 12).
+        ccm_width: the width CCM projects each stage to before mixing: ``"shallowest"`` (e0 for every stage, the
+            paper's RWKV-UNet) or ``"own"`` (each stage keeps its channels; a candidate rule for Table 6's other
+            encoders, docs §11).
         drop_path_rate: the last stage block's drop-path rate (linear from 0).
         ccm_drop_path: drop-path rate of the CCM residual.
         encoder: ``"rwkv"`` (the paper's encoder), or a timm model name whose ``features_only`` stages replace it
             (Table 6); the decoder and CCM widths follow the encoder's ``feature_info``. No weights are loaded.
         img_size: input size for timm encoders that fix it at construction (MaxViT's windows); ``None`` otherwise.
+        wkv_init: initialisation of the spatial mixes' decay, first and token-shift ratios: ``"release"``
+            (decay = first = 0, mu = 0.5, as the authors' release: every spatial mix is then a position-blind
+            global pooling at init) or ``"vrwkv"`` (Vision-RWKV's graded scheme, local to global across channels
+            and shallow to deep across blocks; docs §17).
+        norm: where each mixer's LayerNorm sits: ``"post"`` (``x + LN(mix(x))``, the release) or ``"pre"``
+            (``x + mix(LN(x))``, the paper's equations).
     """
 
     depths: tuple[int, int, int, int]
@@ -63,11 +77,15 @@ class RWKVUNetCfg:
     decoder_kernel: int = 9
     skips: int = 3
     ccm: bool = True
+    ccm_over: str = "all"
     ccm_rate: int = 2
+    ccm_width: str = "shallowest"
     drop_path_rate: float = 0.05
     ccm_drop_path: float = 0.05
     encoder: str = "rwkv"
     img_size: int | None = None
+    wkv_init: str = "release"
+    norm: str = "post"
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -76,6 +94,14 @@ class RWKVUNetCfg:
             raise ValueError(f"mix_stages must be stage indices 0-3; got {self.mix_stages}")
         if not 0 <= self.skips <= 3:
             raise ValueError(f"skips must be 0, 1, 2 or 3; got {self.skips}")
+        if self.wkv_init not in ("release", "vrwkv"):
+            raise ValueError(f"wkv_init must be 'release' or 'vrwkv'; got {self.wkv_init!r}")
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"norm must be 'post' or 'pre'; got {self.norm!r}")
+        if self.ccm_width not in ("shallowest", "own"):
+            raise ValueError(f"ccm_width must be 'shallowest' or 'own'; got {self.ccm_width!r}")
+        if self.ccm_over not in ("all", "kept"):
+            raise ValueError(f"ccm_over must be 'all' or 'kept'; got {self.ccm_over!r}")
         if not 1 <= self.ccm_rate <= 8:
             raise ValueError(f"ccm_rate must be an integer 1-8; got {self.ccm_rate}")
         for name in ("dw_kernel", "decoder_kernel"):
@@ -91,14 +117,37 @@ SIZES: dict[str, RWKVUNetCfg] = {
 }
 
 
+def vrwkv_init(dim: int, layer: int, n_layers: int) -> dict[str, Tensor]:
+    """Vision-RWKV's graded initialisation of a spatial mix (its ``init_mode="fancy"``; docs §17).
+
+    With r01 = layer / (n_layers - 1) and r1a0 = 1 - layer / n_layers over the mixing blocks of the encoder, and
+    x_i = i / C: decay_h = -5 + 8 (h / (C - 1))^(0.7 + 1.3 r01) (local to global across channels, more global with
+    depth), first_i = ln 0.3 + 0.5 ((i + 1) mod 3 - 1), mu_k = x^r1a0, mu_v = x^r1a0 + 0.3 r01, mu_r = x^(r1a0 / 2).
+
+    Returns:
+        ``{"decay", "first", "mu_k", "mu_v", "mu_r"}``, each (dim,) float32.
+    """
+    r01 = layer / (n_layers - 1) if n_layers > 1 else 0.0
+    r1a0 = 1.0 - layer / n_layers
+    h = torch.arange(dim, dtype=torch.float64)
+    x = h / dim
+    decay = -5 + 8 * (h / max(dim - 1, 1)) ** (0.7 + 1.3 * r01)
+    first = math.log(0.3) + ((h + 1) % 3 - 1) * 0.5
+    values = {"decay": decay, "first": first, "mu_k": x ** r1a0, "mu_v": x ** r1a0 + 0.3 * r01,
+              "mu_r": x ** (0.5 * r1a0)}
+    return {k: v.float() for k, v in values.items()}
+
+
 class SpatialMix(nn.Module):
     """Vision-RWKV spatial mix: Q-shift, token mixing by Bi-WKV, receptance gate (docs §2).
 
     Args:
         dim: channels C.
+        init: ``"release"`` (decay = first = 0, mu = 0.5) or ``"vrwkv"`` (:func:`vrwkv_init`).
+        layer, n_layers: this block's index among the encoder's mixing blocks and their number (``"vrwkv"``).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, init: str = "release", layer: int = 0, n_layers: int = 1) -> None:
         super().__init__()
         self.mu_k = nn.Parameter(torch.full((dim,), 0.5))
         self.mu_v = nn.Parameter(torch.full((dim,), 0.5))
@@ -110,6 +159,12 @@ class SpatialMix(nn.Module):
         self.key_norm = nn.LayerNorm(dim)
         self.decay = nn.Parameter(torch.zeros(dim))
         self.first = nn.Parameter(torch.zeros(dim))
+        if init == "vrwkv":
+            with torch.no_grad():
+                for name, value in vrwkv_init(dim, layer, n_layers).items():
+                    getattr(self, name).copy_(value)
+        elif init != "release":
+            raise ValueError(f"init must be 'release' or 'vrwkv', got {init!r}")
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
@@ -147,10 +202,11 @@ class ChannelMix(nn.Module):
         return sigmoid_gate(self.receptance(xr), kv)
 
 
-def token_mixer(name: str, dim: int) -> nn.Module:
-    """The token mixer ``name`` of :data:`MIXERS` (``none`` excluded) over ``dim`` channels."""
+def token_mixer(name: str, dim: int, **spatial_mix: Any) -> nn.Module:
+    """The token mixer ``name`` of :data:`MIXERS` (``none`` excluded) over ``dim`` channels; ``spatial_mix``: the
+    initialisation arguments of :class:`SpatialMix`."""
     if name == "spatial_mix":
-        return SpatialMix(dim)
+        return SpatialMix(dim, **spatial_mix)
     from rwkvlab.models.mixers import create_mixer  # the ablation mixers (Table 2)
 
     return create_mixer(name, dim)
@@ -171,6 +227,8 @@ class GLSPBlock(nn.Module):
         skip_allowed: use residuals when the shape allows (din == dout and stride 1).
         dw_kernel: depthwise kernel size.
         drop_path: stochastic-depth rate of the residuals.
+        mix_norm: ``"post"``: ``x + LN(mix(x))`` (the release); ``"pre"``: ``x + mix(LN(x))`` (the paper).
+        spatial_mix: initialisation arguments of a :class:`SpatialMix` mixer (``init``, ``layer``, ``n_layers``).
     """
 
     def __init__(
@@ -186,6 +244,8 @@ class GLSPBlock(nn.Module):
         skip_allowed: bool = True,
         dw_kernel: int = 5,
         drop_path: float = 0.0,
+        mix_norm: Literal["post", "pre"] = "post",
+        spatial_mix: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if norm not in ("bn", "ln", "none"):
@@ -195,7 +255,8 @@ class GLSPBlock(nn.Module):
         self.norm = {"bn": lambda: nn.BatchNorm2d(in_chs, eps=1e-6), "ln": lambda: LayerNorm2d(in_chs, eps=1e-6),
                      "none": nn.Identity}[norm]()
         self.expand = ConvBNAct(in_chs, mid_chs, 1, act_layer=nn.ReLU)
-        self.mix = token_mixer(mixer, mid_chs) if mixer else None
+        self.mix = token_mixer(mixer, mid_chs, **(spatial_mix or {})) if mixer else None
+        self.pre_norm = mix_norm == "pre"
         self.mix_norm = nn.LayerNorm(mid_chs) if mixer else None
         self.cmix = ChannelMix(mid_chs) if mixer and channel_mix else None
         self.cmix_norm = nn.LayerNorm(mid_chs) if self.cmix is not None else None
@@ -211,9 +272,14 @@ class GLSPBlock(nn.Module):
         if self.mix is not None:
             n, c, h, w = x.shape
             tokens = x.flatten(2).transpose(1, 2)
-            tokens = tokens + self.drop_path(self.mix_norm(self.mix(tokens, (h, w))))
-            if self.cmix is not None:
-                tokens = tokens + self.drop_path(self.cmix_norm(self.cmix(tokens, (h, w))))
+            if self.pre_norm:
+                tokens = tokens + self.drop_path(self.mix(self.mix_norm(tokens), (h, w)))
+                if self.cmix is not None:
+                    tokens = tokens + self.drop_path(self.cmix(self.cmix_norm(tokens), (h, w)))
+            else:
+                tokens = tokens + self.drop_path(self.mix_norm(self.mix(tokens, (h, w))))
+                if self.cmix is not None:
+                    tokens = tokens + self.drop_path(self.cmix_norm(self.cmix(tokens, (h, w))))
             x = tokens.transpose(1, 2).reshape(n, c, h, w)
         y = self.se(self.dw(x))
         x = self.proj(x + y if self.skip else y)
@@ -251,13 +317,20 @@ class RWKVEncoder(nn.Module):
         self.stages = nn.ModuleList()
         self.feature_info: list[dict] = []
         in_chs = cfg.stem_dim
+        # the mixing blocks, numbered through the encoder as Vision-RWKV numbers its layers (wkv_init "vrwkv")
+        n_mixing = sum(cfg.depths[i] - 1 for i in cfg.mix_stages) if cfg.mixer != "none" else 0
+        layer = 0
         for i, (depth, dim, exp) in enumerate(zip(cfg.depths, cfg.dims, cfg.expansions)):
             norm = "bn" if i < 2 else "ln"
             mixer = cfg.mixer if i in cfg.mix_stages else None
             blocks = [GLSPBlock(in_chs, dim, int(in_chs * exp * 2), stride=2, norm=norm, skip_allowed=False,
                                 dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0))]
-            blocks += [GLSPBlock(dim, dim, int(dim * exp), norm=norm, mixer=mixer, channel_mix=cfg.channel_mix,
-                                 dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0)) for _ in range(depth - 1)]
+            for _ in range(depth - 1):
+                spatial_mix = {"init": cfg.wkv_init, "layer": layer, "n_layers": n_mixing}
+                blocks.append(GLSPBlock(dim, dim, int(dim * exp), norm=norm, mixer=mixer, channel_mix=cfg.channel_mix,
+                                        dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0), mix_norm=cfg.norm,
+                                        spatial_mix=spatial_mix))
+                layer += mixer is not None and mixer != "none"
             self.stages.append(nn.Sequential(*blocks))
             self.feature_info.append({"num_chs": dim, "reduction": 2 ** (i + 1), "module": f"stages.{i}"})
             in_chs = dim
@@ -332,24 +405,32 @@ class CCM(nn.Module):
 
     Args:
         dims: channels of the skip features, shallowest first (stage 1, 2, 3 in the paper).
-        width: channels each skip is projected to before mixing (e0, the shallowest skip's).
+        width: channels each skip is projected to before mixing (e0, the shallowest skip's); ``None``: each keeps
+            its own.
         rate: hidden rate of the Channel Mix.
         drop_path: stochastic-depth rate of its residual.
     """
 
-    def __init__(self, dims: Sequence[int], width: int, rate: int = 2, drop_path: float = 0.05) -> None:
+    def __init__(self, dims: Sequence[int], width: int | None, rate: int = 2, drop_path: float = 0.05,
+                 keep: int | None = None) -> None:
         super().__init__()
         self.dims = tuple(dims)
-        k = len(self.dims)
+        self.keep = len(self.dims) if keep is None else keep
         # Ordered as the concatenation: deepest first (stage 3, stage 2, stage 1).
-        self.inp = nn.ModuleList(nn.Conv2d(d, width, 1) for d in reversed(self.dims))
-        self.mix = ChannelMix(k * width, rate)
-        self.norm = nn.LayerNorm(k * width)
+        self.widths = [d if width is None else width for d in reversed(self.dims)]
+        self.inp = nn.ModuleList(nn.Conv2d(d, w, 1) for d, w in zip(reversed(self.dims), self.widths))
+        self.mix = ChannelMix(sum(self.widths), rate)
+        self.norm = nn.LayerNorm(sum(self.widths))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.out = nn.ModuleList(nn.Conv2d(width, d, 1) for d in reversed(self.dims))
+        # only the kept skips are projected back: an output nothing reads would leave parameters without
+        # gradients, which DDP refuses
+        kept = len(self.dims) - self.keep
+        self.out = nn.ModuleList(nn.Conv2d(w, d, 1) for d, w in zip(list(reversed(self.dims))[kept:],
+                                                                    self.widths[kept:]))
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """feats: skip maps, shallowest first (H/2, H/4, ...) -> mixed maps of the same shapes."""
+        """feats: the mixed stages' maps, shallowest first (H/2, H/4, ...) -> the first ``keep`` mixed maps, same
+        shapes."""
         size = feats[0].shape[-2:]
         ordered = list(reversed(feats))
         x = torch.cat([conv(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
@@ -357,9 +438,10 @@ class CCM(nn.Module):
         n, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         tokens = tokens + self.drop_path(self.norm(self.mix(tokens, (h, w))))
-        parts = tokens.transpose(1, 2).reshape(n, c, h, w).chunk(len(self.dims), dim=1)
+        parts = tokens.transpose(1, 2).reshape(n, c, h, w).split(self.widths, dim=1)
+        kept = len(self.dims) - self.keep  # parts are deepest first; the kept skips are the shallowest
         mixed = [F.interpolate(conv(p), size=f.shape[-2:], mode="bilinear", align_corners=False)
-                 for conv, p, f in zip(self.out, parts, ordered)]
+                 for conv, p, f in zip(self.out, parts[kept:], ordered[kept:])]
         return list(reversed(mixed))
 
 
@@ -408,7 +490,10 @@ class RWKVUNet(nn.Module):
         dims = [f["num_chs"] for f in self.encoder.feature_info]
         reductions = [f["reduction"] for f in self.encoder.feature_info]
         skip_dims = dims[: cfg.skips]
-        self.ccm = CCM(skip_dims, dims[0], cfg.ccm_rate, cfg.ccm_drop_path) if cfg.ccm and skip_dims else None
+        mixed_dims = dims[:3] if cfg.ccm_over == "all" else skip_dims
+        width = dims[0] if cfg.ccm_width == "shallowest" else None
+        self.ccm = (CCM(mixed_dims, width, cfg.ccm_rate, cfg.ccm_drop_path, keep=cfg.skips)
+                    if cfg.ccm and skip_dims else None)
         # Up-block i takes the deeper decoder output (plus skip i when kept) up to stage i's resolution.
         k = cfg.decoder_kernel
         outs = [cfg.stem_dim, *dims[:3]]
@@ -429,7 +514,7 @@ class RWKVUNet(nn.Module):
         feats = self.encoder.forward_intermediates(x)
         skips = feats[: self.cfg.skips]
         if self.ccm is not None:
-            skips = self.ccm(skips)
+            skips = self.ccm(feats[: len(self.ccm.dims)])
         d = self.decoder[0](feats[3])
         for i, up in zip((2, 1, 0), self.decoder[1:]):
             d = up(torch.cat([d, skips[i]], dim=1) if i < len(skips) else d)

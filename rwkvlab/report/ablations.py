@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from rwkvlab.report.figures import label_points, new_figure
 from rwkvlab.report.tables import paper_table, write_table
 
-__all__ = ["PaperTable", "PAPER_TABLES", "TABLE_NOTES", "paper_row", "ablation_setting", "ablation_tables",
+__all__ = ["PaperTable", "PAPER_TABLES", "PROTOCOL_MARK", "TABLE_NOTES", "paper_row", "ablation_setting", "ablation_tables",
            "write_ablation_tables", "draw_bubbles", "label_bubbles", "bubble_chart"]
 
 
@@ -34,6 +34,7 @@ class PaperTable:
     dsc: str = "dsc"
     hd95: str | None = "hd95"
     flops: str | None = "flops_g"
+    other_datasets: tuple[tuple[str, str], ...] = ()  # (dataset, its DSC column): a second benchmark's column
 
 
 PAPER_TABLES = {
@@ -41,14 +42,18 @@ PAPER_TABLES = {
     "6": PaperTable("encoder_comparison", "Table 6: other encoders, same decoder and CCM"),
     "7": PaperTable("ablation_pretraining", "Table 7: encoder pretraining", keys=2, flops=None),
     "8": PaperTable("ablation_decoder_kernel", "Table 8: decoder depthwise kernel", dsc="synapse_dsc",
-                    hd95="synapse_hd95"),
+                    hd95="synapse_hd95", other_datasets=(("acdc", "acdc_dsc"),)),
     "9": PaperTable("ablation_shallow_attention", "Table 9: spatial mix also in stages 1-2 (RWKV-UNet-S)"),
     "10": PaperTable("ablation_channel_mix", "Table 10: Channel Mix after the spatial mix in GLSP"),
     "11": PaperTable("ablation_skips_ccm", "Table 11: skip connections x CCM", keys=2),
     "12": PaperTable(None, "Table 12: CCM hidden rate (no numbers printed)"),
     "13": PaperTable("synapse_512", "Table 13: 512x512 input", hd95=None, flops="flops"),
+    "14": PaperTable(None, "Table 14 (beyond the paper): WKV initialisation x norm placement"),
 }
 
+
+# Short marks of the protocols in the bubble chart's labels.
+PROTOCOL_MARK = {"scratch-100": "S100", "scratch-30": "S30", "pretrained-30": "P30"}
 
 # Why some rows cannot match the paper's FLOPs; the numbers are in each table's rel_diff column.
 TABLE_NOTES = {
@@ -60,16 +65,25 @@ TABLE_NOTES = {
         "them apart. rel_diff = ours / paper - 1. See the notes of tables 6 and 11 for the rows that do not match."),
     "6": (
         "Encoders from timm (features_only, no weights): their four deepest levels are stages 1-4 and the RWKV-UNet "
-        "decoder and CCM take their widths from feature_info. This build counts 0.26-0.89x the paper's figures "
-        "(rel_diff): the paper's decoder for these encoders is unpublished, and no counting convention that keeps "
-        "the other rows within 1% closes the gap (the encoders alone are 4-24 GMACs at 224, so the paper's "
-        "62.44G for ResNet-50 implies a decoder of about 58G). Its accuracy columns are the paper's only."),
+        "decoder and CCM take their widths from feature_info. No rule of the encoders' channels reproduces the "
+        "paper's FLOPs within 3%: ConvNeXt-S and MaxViT-S give the decoder identical channels (96-768 at 1/4-1/32), "
+        "yet the paper's figures exceed what the encoders cost by about 33G and 6G. Rows enc_*: CCM at the "
+        "shallowest width (as in RWKV-UNet); rows enc_*_ccm_own: the closest rule we found, CCM mixing each stage "
+        "at its own width (ccm_width: own), counted only. Their rel_diff columns are the residuals. The accuracy "
+        "columns are the paper's only (the timm encoders cannot be trained from ImageNet weights here)."),
     "11": (
-        "Rows with CCM and fewer than three skips: the paper's figures (10.96G, 11.04G) are the skip-less "
-        "decoder plus the full three-stage CCM cost (1.63G), so the authors' CCM kept mixing all three encoder "
-        "stages; here CCM mixes the skips that remain, which costs less (rel_diff of skips1, skips2). Every "
-        "other row is within 1%."),
+        "CCM mixes all three encoder stages whatever the number of skips kept (ccm_over: all), which is what the "
+        "paper's FLOPs imply (1 skip + CCM 10.96G, 2 skips + CCM 11.04G, against 9.33G and 9.41G without): each "
+        "kept skip carries the context of the dropped stages. skips1_ccm_kept and skips2_ccm_kept mix only the "
+        "kept skips (ccm_over: kept; with one skip there is then no cross-scale fusion at all); the paper has no "
+        "such rows. Every row of the paper is within 1.1% of its FLOPs."),
     "12": "The paper prints no numbers for Table 12: rate 2 is best, 1 clearly worse, 3 and 4 give no gain.",
+    "14": ("Not in the paper (docs §17). wkv_init: release = decay = first = 0 and mu = 0.5 (the authors' release: "
+           "every spatial mix is a position-blind global pooling at init), vrwkv = Vision-RWKV's graded decay, first "
+           "and token-shift ratios. norm: post = x + LN(mix(x)) (the release), pre = x + mix(LN(x)) (the paper's "
+           "equations). Each setting from scratch (scratch-100) and from the pretrained encoder (pretrained-30, "
+           "whose weights replace the initial decay/first/mu). One split seed per row in this study: read "
+           "differences of a few DSC points on the demo as noise."),
     "7": ("Demo form of Table 7: pre_digits starts from the encoder pretrained by the pretrain stage on MNIST "
           "digits (not ImageNet-1K); pre_none from scratch, same epochs."),
 }
@@ -85,8 +99,9 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def paper_row(table: str, row: str) -> dict[str, float | None]:
-    """The paper's DSC, HD95 and FLOPs of ``row`` in ``table`` (keys joined by commas, e.g. ``"1,with"``).
+def paper_row(table: str, row: str, dataset: str | None = None) -> dict[str, float | None]:
+    """The paper's DSC, HD95 and FLOPs of ``row`` in ``table`` (keys joined by commas, e.g. ``"1,with"``); for a
+    ``dataset`` of the table's second benchmark (Table 8: ``acdc``), that benchmark's DSC and no HD95.
 
     Raises:
         ValueError: an unknown table or a row the table does not have (the message lists its rows).
@@ -102,28 +117,30 @@ def paper_row(table: str, row: str) -> dict[str, float | None]:
     if match.empty:
         raise ValueError(f"paper table {table} ({spec.csv}.csv) has no row {row!r}; rows: {', '.join(keys)}")
     found = match.iloc[0]
-    return {"dsc": _number(found[spec.dsc]), "hd95": _number(found[spec.hd95]) if spec.hd95 else None,
-            "flops_g": _number(found[spec.flops]) if spec.flops else None}
+    other = dict(spec.other_datasets).get(dataset)
+    return {"dsc": _number(found[other or spec.dsc]), "hd95": _number(found[spec.hd95]) if spec.hd95 and not other
+            else None, "flops_g": _number(found[spec.flops]) if spec.flops else None}
 
 
-def ablation_tables(variants: Mapping[str, Any], complexity: pd.DataFrame,
+def ablation_tables(ablate: Any, complexity: pd.DataFrame,
                     metrics: Mapping[str, Mapping[str, float]]) -> dict[str, pd.DataFrame]:
-    """One table per paper table: each of its variants with our DSC/HD95 (if trained), parameters and MACs,
-    beside the paper's DSC, HD95 and FLOPs.
+    """One table per paper table: each of its variants with its protocol and dataset, our DSC/HD95 (if trained),
+    parameters and MACs, beside the paper's DSC, HD95 and FLOPs.
 
     Args:
-        variants: name -> :class:`rwkvlab.config.Variant`.
+        ablate: the ``ablate`` section (:class:`rwkvlab.config.Ablate`): variants, protocols, datasets.
         complexity: :func:`rwkvlab.complexity.complexity_table` over (at least) these variants.
         metrics: trained variant -> the summary of its evaluation (``dsc``, ``hd95``).
     """
     counted = complexity.set_index("variant")
     tables: dict[str, list[dict]] = {}
-    for name, v in variants.items():
-        paper = paper_row(v.table, v.row)
+    for name, v in ablate.variants.items():
+        paper = paper_row(v.table, v.row, v.dataset)
         c = counted.loc[name] if name in counted.index else None
         m = metrics.get(name, {})
         tables.setdefault(v.table, []).append({
-            "variant": name, "paper_row": v.row or "-",
+            "variant": name, "paper_row": v.row or "-", "protocol": ablate.protocol_of(name),
+            "dataset": ablate.dataset_of(name),
             "dsc": round(m["dsc"], 2) if "dsc" in m else None, "hd95": round(m["hd95"], 2) if "hd95" in m else None,
             "paper_dsc": paper["dsc"], "paper_hd95": paper["hd95"],
             "params_m": None if c is None else c["params_m"], "macs_g": None if c is None else c["macs_g"],
@@ -134,14 +151,17 @@ def ablation_tables(variants: Mapping[str, Any], complexity: pd.DataFrame,
 
 
 def ablation_setting(ablate: Any) -> str:
-    """The line under every ablation table that says what ours are: base model, dataset, recipe, the trained
-    variants, the variants that share a run (:meth:`rwkvlab.config.Ablate.trained_as`) and those trained on their
-    own dataset."""
+    """The line under every ablation table that says what ours are: base model, dataset, the protocols and their
+    recipes, the trained variants, the variants that share a run (:meth:`rwkvlab.config.Ablate.trained_as`) and
+    those trained on their own dataset."""
     shared = ", ".join(f"{v} = {t}" for v in ablate.variants if (t := ablate.trained_as(v)) not in (None, v))
     own = ", ".join(f"{v} on {ablate.dataset_of(v)}" for v in ablate.trained if ablate.dataset_of(v) != ablate.dataset)
-    return (f"Ours: {ablate.model or 'each variant on its paper base model'} trained on {ablate.dataset} with recipe "
-            f"{ablate.recipe} (trained: {', '.join(ablate.trained)}{'; the same run: ' + shared if shared else ''}"
-            f"{'; on their own dataset: ' + own if own else ''}); paper: RWKV-UNet-B on Synapse.")
+    protocols = "; ".join(f"{name}: recipe {p.recipe}{', from the pretrained encoder' if p.pretrained else ''}"
+                          for name, p in ablate.protocols.items())
+    return (f"Ours: {ablate.model or 'each variant on its paper base model'} trained on {ablate.dataset} under the "
+            f"protocol of its row ({protocols}) (trained: {', '.join(ablate.trained)}"
+            f"{'; the same run: ' + shared if shared else ''}{'; on their own dataset: ' + own if own else ''}); "
+            f"paper: RWKV-UNet-B on Synapse, protocols as rwkvlab/report/paper/README.md lists them.")
 
 
 def write_ablation_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, notes: Mapping[str, str],
@@ -189,11 +209,13 @@ def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> Figure:
                                   (ax_paper, "paper_dsc", "paper_flops_g", "paper (Synapse)")):
         shown = rows.dropna(subset=[dsc, flops])
         shown = shown[shown[dsc].map(lambda x: x is not None)]
-        labels[ax] = draw_bubbles(ax, [(float(r[flops]), float(r[dsc]), r["params_m"], r["variant"])
+        labels[ax] = draw_bubbles(ax, [(float(r[flops]), float(r[dsc]), r["params_m"],
+                                        f"{r['variant']} [{PROTOCOL_MARK.get(r.get('protocol'), '?')}]")
                                        for _, r in shown.iterrows()])
         ax.set(xlabel="MACs (G)" if flops == "macs_g" else "FLOPs (G, as published)", ylabel="DSC (%)", title=label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: DSC vs complexity (bubble area ~ parameters)", fontsize=10)
+    marks = ", ".join(f"[{m}] {p}" for p, m in PROTOCOL_MARK.items())
+    fig.suptitle(f"{title}: DSC vs complexity (bubble area ~ parameters; protocol {marks})", fontsize=10)
     fig.tight_layout()
     for ax, drawn in labels.items():
         label_bubbles(ax, drawn)

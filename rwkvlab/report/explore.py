@@ -101,9 +101,10 @@ def _setting_name(kwargs: Mapping[str, Any]) -> str:
 
 def try_setting(p: Params, model_kwargs: Mapping[str, Any], device: torch.device | str = "cpu",
                 name: str | None = None, epochs: int | None = None,
-                recipe_fields: Mapping[str, Any] | None = None) -> Trained:
-    """Train and test a new setting of ``ablate.model`` with the ablation recipe (``train.recipes.<ablate.recipe>``)
-    on the ablation's dataset and split, as an ``ablate@<variant>`` stage would.
+                recipe_fields: Mapping[str, Any] | None = None, protocol: str = "scratch-100") -> Trained:
+    """Train and test a new setting of ``ablate.model`` under an ablation protocol (``ablate.protocols``: its recipe,
+    and the pretrained encoder where it is a pretrained one) on the ablation's dataset and split, as an
+    ``ablate@<variant>`` stage would.
 
     A finished setting is read back instead of trained again, and an interrupted one resumes (its checkpoint
     records the configuration, so a changed setting starts afresh under its own name).
@@ -114,27 +115,34 @@ def try_setting(p: Params, model_kwargs: Mapping[str, Any], device: torch.device
         epochs: a shorter (or longer) budget than the recipe's; ``None`` keeps it, which compares the setting
             with the stage-trained variants at the same budget.
         recipe_fields: other recipe fields to change (``lr``, ``batch_size``, ...).
+        protocol: one of ``ablate.protocols`` (``scratch-100``: Table 2's, which the demo variants compared here
+            mostly use).
 
     Raises:
         ValueError: an unknown model keyword or recipe field.
     """
     model_kwargs = dict(model_kwargs)
-    name = name or _setting_name(model_kwargs)
+    model = p.ablate.model or p.ablate.variant_defaults["model"]  # the paper profile has no common base model
+    name = name or _setting_name(model_kwargs) + ("" if protocol == "scratch-100" else f"-{protocol}")
     fields = dict(recipe_fields or {}) | ({} if epochs is None else {"epochs": int(epochs)})
     known = {f.name for f in dataclasses.fields(Recipe)}
     if set(fields) - known:
         raise ValueError(f"try_setting: unknown recipe field(s) {sorted(set(fields) - known)}; known: {sorted(known)}")
-    recipe = dataclasses.replace(p.train.recipe(p.ablate.recipe), **fields)
+    if protocol not in p.ablate.protocols:
+        raise ValueError(f"try_setting: protocol {protocol!r} is not one of ablate.protocols {sorted(p.ablate.protocols)}")
+    recipe = dataclasses.replace(p.train.recipe(p.ablate.protocols[protocol].recipe), **fields)
+    if p.ablate.protocols[protocol].pretrained and recipe.init is None:
+        recipe = dataclasses.replace(recipe, init=runs.pretrained_encoder(p, model, model_kwargs, name))
     out = p.base.reports_dir / "explore" / name
     run = runs.Run(name=f"explore/{name}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
-                   model=p.ablate.model, model_kwargs=model_kwargs, recipe=recipe,
+                   model=model, model_kwargs=model_kwargs, recipe=recipe,
                    init=runs.resolve_init(p, recipe.init), checkpoints=p.base.checkpoints_dir / "explore" / name,
                    history=out / "history.csv", evaluation=out)
     data = runs.load_data(p, run)
     try:
         _complexity(run, data)  # builds the model: a bad keyword fails here, before any training
     except TypeError as e:
-        raise ValueError(f"try_setting: {p.ablate.model} does not take {model_kwargs}: {e}") from e
+        raise ValueError(f"try_setting: {model} does not take {model_kwargs}: {e}") from e
     setting = {"model": run.model, "model_kwargs": model_kwargs, "recipe": dataclasses.asdict(recipe)}
     setting_file = out / "setting.json"
     done = (out / "metrics.json").is_file() and setting_file.is_file() and \
