@@ -29,6 +29,8 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from rwkvlab.io import atomic_write
+
 __all__ = ["ROOT", "entry_points", "closure", "code_deps", "stage_code_deps", "is_code_dep", "check", "stale_lock_entries",
            "main"]
 
@@ -229,14 +231,13 @@ def check(dvc_yaml: Path = ROOT / "dvc.yaml", write: bool = False, root: Path = 
                 deps.extend(derived + keep)
                 body["deps"] = deps
     if write and differ:
-        from io import StringIO
-
-        text = StringIO()
-        yaml.dump(doc, text)
-        tmp = dvc_yaml.with_suffix(".yaml.tmp")
-        tmp.write_text(text.getvalue())
-        tmp.replace(dvc_yaml)
+        _dump(yaml, doc, dvc_yaml)
     return differ
+
+
+def _dump(yaml, doc, path: Path) -> None:
+    """Write a ruamel round-trip document without leaving a half-written file."""
+    atomic_write(path, lambda tmp: yaml.dump(doc, tmp))
 
 
 def stale_lock_entries(root: Path = ROOT, prune: bool = False) -> list[str]:
@@ -254,15 +255,9 @@ def stale_lock_entries(root: Path = ROOT, prune: bool = False) -> list[str]:
     defined = {stage.addressing for stage in Repo(str(root)).index.stages}
     stale = sorted(set(lock["stages"]) - defined)
     if prune and stale:
-        from io import StringIO
-
         for name in stale:
             del lock["stages"][name]
-        text = StringIO()
-        yaml.dump(lock, text)
-        tmp = lock_file.with_suffix(".lock.tmp")
-        tmp.write_text(text.getvalue())
-        tmp.replace(lock_file)
+        _dump(yaml, lock, lock_file)
     return stale
 
 

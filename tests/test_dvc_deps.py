@@ -148,3 +148,14 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(tmp_path, monk
 
 def test_lock_holds_no_stage_that_no_longer_exists():
     assert pipeline.stale_lock_entries(ROOT) == [], "python -m rwkvlab.pipeline --write prunes them"
+
+
+def test_write_restores_a_missing_dep_and_keeps_comments(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    broken = tmp_path / "dvc.yaml"
+    broken.write_text(text.replace("      - rwkvlab/complexity.py\n", "", 1))
+    assert "report" in pipeline.check(broken) or "ablation_tables" in pipeline.check(broken)
+    pipeline.check(broken, write=True)
+    assert pipeline.check(broken) == {}
+    comments = [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+    assert comments and all(c in broken.read_text() for c in comments)
