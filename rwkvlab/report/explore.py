@@ -33,7 +33,7 @@ from rwkvlab.engine.evaluate import read_evaluation
 from rwkvlab.progress import Progress
 from rwkvlab.report.ablations import draw_bubbles, label_bubbles
 from rwkvlab.report.erf import erf_figure, erf_map, load_images, probe_model
-from rwkvlab.report.figures import label_points, new_figure
+from rwkvlab.report.figures import case_view, draw_outlines, label_points, new_figure
 
 __all__ = ["Trained", "load_variants", "try_setting", "summary_table", "paper_tables", "curves_figure",
            "per_case_figure", "predictions_figure", "variant_erfs", "erf_grid", "dsc_vs_macs", "paper_agreement"]
@@ -219,22 +219,19 @@ def predictions_figure(variants: Mapping[str, Trained], data: Prepared, cases: i
     if missing:
         raise ValueError(f"predictions_figure: case {missing[0][0]!r} has no prediction from {missing[0][1]!r}; "
                          f"the variants must share the test split")
-    index = {cid: i for i, cid in enumerate(data.ids.tolist())}
     cols = 1 + len(variants)
     fig, axes = new_figure(len(ids), cols, (2.3 * cols, 2.1 * len(ids) + 0.4), squeeze=False)
     for row, cid in enumerate(ids):
-        image, gt = data.images[index[cid]], data.masks[index[cid]]
-        image = image if image.dtype == np.uint8 else image[..., 0].astype(np.float32)
+        views = [case_view(data, cid, t.predictions[cid]) for t in variants.values()]
+        image, gt, _, label = views[0]
         grey = {"cmap": "gray", "vmin": 0, "vmax": 1} if image.ndim == 2 else {}
-        for col, (title, pred) in enumerate([(f"{cid}\nground truth", None)] +
-                                            [(n, t.predictions[cid]) for n, t in variants.items()]):
+        for col, (title, pred) in enumerate([(f"{label}\nground truth", None)] +
+                                            [(n, v[2]) for n, v in zip(variants, views)]):
             ax = axes[row, col]
             ax.imshow(image, **grey)
             ax.axis("off")
             for labels, color in [(gt, "lime")] + ([] if pred is None else [(pred, "red")]):
-                for c in range(1, data.num_classes):
-                    if (labels == c).any():
-                        ax.contour(labels == c, levels=[0.5], colors=[color], linewidths=1.0)
+                draw_outlines(ax, labels, color, data.num_classes)
             if pred is not None:
                 scores = variants[title].per_case
                 title = f"{title}\nDSC {100 * scores.loc[scores['case'] == cid, 'dsc'].mean():.1f}"

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from rwkvlab.data.cache import Prepared
 from rwkvlab.io import atomic_write
 
-__all__ = ["overlay_figure", "overlay_cases", "dataset_montage", "save_figure", "new_figure", "label_points"]
+__all__ = ["overlay_figure", "overlay_cases", "case_view", "draw_outlines", "dataset_montage", "save_figure",
+           "new_figure", "label_points"]
 
 
 def new_figure(rows: int = 1, cols: int = 1, figsize: tuple[float, float] = (6.4, 4.8),
@@ -101,7 +102,8 @@ def label_points(ax: Axes, points: Sequence[tuple[float, float, str]], fontsize:
     return annotations
 
 
-def _contours(ax: Axes, labels: np.ndarray, color: str, num_classes: int) -> None:
+def draw_outlines(ax: Axes, labels: np.ndarray, color: str, num_classes: int) -> None:
+    """The outline of every foreground class present in ``labels`` on ``ax``, in ``color``."""
     for c in range(1, num_classes):
         if (labels == c).any():
             ax.contour(labels == c, levels=[0.5], colors=[color], linewidths=1.2)
@@ -117,7 +119,7 @@ def _outline_grid(images: np.ndarray, layers: Sequence[tuple[np.ndarray, str]], 
         grey = {"cmap": "gray", "vmin": 0, "vmax": 1} if images[i].ndim == 2 else {}
         ax.imshow(images[i], **grey)
         for labels, color in layers:
-            _contours(ax, labels[i], color, num_classes)
+            draw_outlines(ax, labels[i], color, num_classes)
         ax.set_title(title, fontsize=8)
     return fig
 
@@ -135,22 +137,25 @@ def overlay_figure(images: Sequence[np.ndarray], gt: Sequence[np.ndarray], pred:
     return fig
 
 
+def case_view(data: Prepared, cid: str, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """What to draw of test case ``cid``: (image, ground truth, prediction, label); a volume shows its slice with
+    the most foreground."""
+    if cid in data.volumes:
+        vol, gt = data.volumes[cid]
+        z = int(np.argmax((gt > 0).sum(axis=(1, 2))))
+        return vol[z], gt[z], pred[z], f"{cid} z={z}"
+    i = data.ids.tolist().index(cid)
+    img = data.images[i]
+    return (img if img.dtype == np.uint8 else img[..., 0].astype(np.float32)), data.masks[i], pred, cid
+
+
 def overlay_cases(data: Prepared, preds: Mapping[str, np.ndarray], per_case: pd.DataFrame, title: str,
                   n: int) -> Figure:
     """Overlays of the first ``n`` evaluated cases; a volume shows its slice with the most foreground."""
-    index = {cid: i for i, cid in enumerate(data.ids.tolist())}
     dsc = per_case.groupby("case", sort=False)["dsc"].mean()
     images, gts, outs, titles = [], [], [], []
     for cid in list(preds)[:n]:
-        if cid in data.volumes:
-            vol, gt = data.volumes[cid]
-            z = int(np.argmax((gt > 0).sum(axis=(1, 2))))
-            img, gt, pred = vol[z], gt[z], preds[cid][z]
-            cid_title = f"{cid} z={z}"
-        else:
-            img, gt, pred = data.images[index[cid]], data.masks[index[cid]], preds[cid]
-            img = img if img.dtype == np.uint8 else img[..., 0].astype(np.float32)
-            cid_title = cid
+        img, gt, pred, cid_title = case_view(data, cid, preds[cid])
         images.append(img)
         gts.append(gt)
         outs.append(pred)
