@@ -124,6 +124,8 @@ def train_run(p: Params, dataset: str, model: str, variant: str | None = None, s
         v = p.ablate.variant(variant)
         kwargs, name = dict(v.kwargs), f"{name}-{variant}"
         run_recipe = _with_recipe_fields(run_recipe, v.recipe, f"ablate.variants.{variant}.recipe")
+        if p.ablate.protocols[p.ablate.protocol_of(variant)].pretrained and run_recipe.init is None:
+            run_recipe = dataclasses.replace(run_recipe, init=pretrained_encoder(p, model, v.kwargs, variant))
     if seed not in p.prepare.split_seeds:
         raise ValueError(f"split seed {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
     if name in p.train.runs:
