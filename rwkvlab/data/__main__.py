@@ -6,6 +6,7 @@
     python -m rwkvlab.data card     --dataset NAME [--data DIR] [--out DIR]
     python -m rwkvlab.data layouts  [--dataset NAME]
     python -m rwkvlab.data synthesize --out DIR [--seed N]
+    python -m rwkvlab.data synthesize3d --out DIR [--seed N]
 
 ``validate`` lists every problem of a raw folder (exit status 1 if any); ``prepare`` writes
 ``<out>/prepared/<name>/cache.h5`` and ``<out>/splits/<name>/seed<k>.json`` (``--out`` defaults to
@@ -13,7 +14,8 @@
 list ``validate`` prints and exits with status 1, unless ``--skip-invalid`` leaves out the cases that
 have one); ``card`` writes the card of a dataset prepared under ``--data`` to ``<out>/<name>/``
 (default ``reports/datasets``); ``layouts`` prints the expected raw layouts; ``synthesize`` writes
-the SYNTHETIC Synapse-like demo set (dataset ``synapse_demo``) in the Synapse raw layout.
+the SYNTHETIC Synapse-like demo set (dataset ``synapse_demo``) in the Synapse raw layout;
+``synthesize3d`` the SYNTHETIC CT-like 3D set (dataset ``volume_demo``) in the nnU-Net v2 raw layout (docs §19).
 
 ``--reader`` names the reader of a dataset that is not registered (``--reader folder`` for your own
 ``images/`` + ``masks/`` folder) and each ``--option KEY=VALUE`` is one of ``prepare.options.<name>``,
@@ -35,6 +37,7 @@ from rwkvlab.data.cache import load_prepared
 from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.reader import READERS, get_reader, validate
 from rwkvlab.data.readers.synapse_demo import generate
+from rwkvlab.data.readers.volume_demo import generate3d
 from rwkvlab.report.cards import write_card
 
 
@@ -59,14 +62,14 @@ def _report(dataset: str, err: DataError) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "prepare", "card", "layouts", "synthesize"])
+    parser.add_argument("command", choices=["validate", "prepare", "card", "layouts", "synthesize", "synthesize3d"])
     parser.add_argument("--dataset", help="registered dataset name")
     parser.add_argument("--root", type=Path, help="the raw folder")
     parser.add_argument("--out", type=Path, help="output folder (prepare: data, card: reports/datasets)")
     parser.add_argument("--data", type=Path, default=Path("data"), help="data folder of the prepared datasets (card)")
     parser.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="2D item size")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (synthesize)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (synthesize, synthesize3d)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="prepare: leave out the cases that have a problem, naming them, instead of stopping")
     parser.add_argument("--reader", help="the reader of a dataset that is not registered (e.g. folder)")
@@ -82,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             reader = READERS[name]
             print(f"## {name}\n\n{reader.description}\n\n```\n{reader.layout_text()}\n```\n")
         return 0
-    if args.command == "synthesize":
+    if args.command in ("synthesize", "synthesize3d"):
         if args.out is None:
             parser.error("--out is required")
-        generate(args.out, args.seed)
+        (generate if args.command == "synthesize" else generate3d)(args.out, args.seed)
         return 0
     if not args.dataset:
         parser.error("--dataset is required")

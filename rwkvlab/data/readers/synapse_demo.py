@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -30,17 +31,19 @@ from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SynapseDemo", "generate", "CLASS_NAMES", "SPACING"]
+__all__ = ["SynapseDemo", "generate", "organ_phantom", "Organ", "ORGANS", "CLASS_NAMES", "SPACING"]
 
 CLASS_NAMES = ("background", "liver_like", "spleen_like", "kidney_like", "aorta_like")
 
 # Stated voxel size (mm along z, y, x): 5 mm slices, 4 mm pixels, so that a 96 x 96 slice spans 384 mm,
 # an abdominal CT's field of view; anisotropic like CT, so that mm and voxel HD95 differ in kind.
 SPACING = (5.0, 4.0, 4.0)
+# (label, mean intensity, centre (z, y, x), radii (z, y, x)) of one shape of :func:`organ_phantom`
+Organ = tuple[int, float, tuple[float, float, float], tuple[float, float, float]]
 _BODY = 0.30  # mean intensity of the soft tissue inside the body outline
 # label, mean intensity, centre (z, y, x) and radii (z, y, x), as fractions of the volume's extent;
 # the kidney is two ellipsoids and the aorta a tube through every slice.
-_ORGANS = (
+ORGANS: tuple[Organ, ...] = (
     (1, 0.50, (0.45, 0.42, 0.32), (0.45, 0.17, 0.14)),
     (2, 0.65, (0.40, 0.40, 0.70), (0.30, 0.10, 0.08)),
     (3, 0.80, (0.55, 0.63, 0.34), (0.30, 0.08, 0.055)),
@@ -66,27 +69,53 @@ class SynapseDemo(Synapse):
     published = {"train": "the slices of 6 volumes (default)", "test": "2 volumes (default)"}
 
 
-def _volume(rng: np.random.Generator, depth: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic volume: image float32 (D, H, W) in [0, 1] and label float32 (D, H, W) class indices."""
+def organ_phantom(rng: np.random.Generator, shape: tuple[int, int, int], organs: Sequence[Organ], body: float,
+                  background: float = 0.0, noise: float = _NOISE, jitter: float = 0.03
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth body outline holding organ-like ellipsoids, the shared shape model of the synthetic sets.
+
+    Draws, in this order, the body outline, then per organ its centre, radii and brightness offset, then
+    the texture and the white noise, so that a given ``rng`` state gives the same volume.
+
+    Args:
+        rng: the volume's random generator.
+        shape: (D, H, W) in voxels.
+        organs: (label, mean intensity, centre (z, y, x), radii (z, y, x)) as fractions of the extent; a
+            label 0 draws an unlabelled structure (e.g. bone), later organs overwrite earlier ones.
+        body: mean intensity inside the body outline.
+        background: intensity outside it.
+        noise: standard deviation of the white noise and of the smooth texture (inside the body).
+        jitter: half-range of the uniform offset of each organ's mean intensity.
+
+    Returns:
+        image float64 (D, H, W), not clipped; label uint8 (D, H, W) class indices.
+    """
+    depth, height, width = shape
     z = (np.arange(depth) + 0.5)[:, None, None] / depth
-    y = (np.arange(size) + 0.5)[None, :, None] / size
-    x = (np.arange(size) + 0.5)[None, None, :] / size
+    y = (np.arange(height) + 0.5)[None, :, None] / height
+    x = (np.arange(width) + 0.5)[None, None, :] / width
     # The body narrows towards the first and last slices, like the abdomen towards chest and pelvis.
     taper = 1 - 0.15 * (2 * z - 1) ** 2
     cy, cx = 0.5 + rng.uniform(-0.02, 0.02, 2)
     ry, rx = rng.uniform(0.34, 0.38), rng.uniform(0.42, 0.46)
-    body = ((y - cy) / (ry * taper)) ** 2 + ((x - cx) / (rx * taper)) ** 2 <= 1
-    label = np.zeros((depth, size, size), np.uint8)
-    image = np.where(body, _BODY, 0.0)
-    for cls, mean, centre, radii in _ORGANS:
+    inside_body = ((y - cy) / (ry * taper)) ** 2 + ((x - cx) / (rx * taper)) ** 2 <= 1
+    label = np.zeros(shape, np.uint8)
+    image = np.where(inside_body, body, background)
+    for cls, mean, centre, radii in organs:
         c = np.asarray(centre) + rng.uniform(-1, 1, 3) * (0.08, 0.04, 0.04)
         r = np.asarray(radii) * rng.uniform(0.8, 1.2, 3)
-        inside = body & (((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1)
+        inside = inside_body & (((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1)
         label[inside] = cls
-        image[inside] = mean + rng.uniform(-0.03, 0.03)
+        image[inside] = mean + rng.uniform(-jitter, jitter)
     image = gaussian_filter(image, sigma=(0, 0.8, 0.8))  # partial-volume edges within each slice
     texture = gaussian_filter(rng.standard_normal(image.shape), sigma=(1, 3, 3))
-    image += _NOISE * (texture / texture.std() * body + rng.standard_normal(image.shape))
+    image += noise * (texture / texture.std() * inside_body + rng.standard_normal(image.shape))
+    return image, label
+
+
+def _volume(rng: np.random.Generator, depth: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic volume: image float32 (D, H, W) in [0, 1] and label float32 (D, H, W) class indices."""
+    image, label = organ_phantom(rng, (depth, size, size), ORGANS, body=_BODY)
     return np.clip(image, 0, 1).astype(np.float32), label.astype(np.float32)  # TransUNet stores float labels
 
 
