@@ -60,7 +60,8 @@ def read_nifti(path: Path, orientation: Literal["voxel", "ras"] = "voxel"
     """Read a NIfTI file as (D, H, W[, C]) with its spacing (mm along D, H, W) and its affine.
 
     The voxel axes (i, j, k) become (k, j, i); a fourth (channel) axis stays last. With ``orientation="ras"``
-    the volume is first reoriented to the closest canonical (RAS+) orientation.
+    the volume is first reoriented to the closest canonical (RAS+) orientation. The spacing is the header's
+    voxel size (``pixdim``) in the same order, each float32 value as its shortest decimal.
 
     Raises:
         DataError: naming ``path`` if it is unreadable, truncated, not 3D or 4D, or has a bad voxel size.
@@ -77,7 +78,8 @@ def read_nifti(path: Path, orientation: Literal["voxel", "ras"] = "voxel"
     if array.ndim not in (3, 4) or array.size == 0:
         raise DataError(f"{path}: has shape {array.shape}, expected a 3D volume (X, Y, Z) or 4D (X, Y, Z, C)")
     axes = (2, 1, 0, 3)[: array.ndim]
-    spacing = check_spacing(np.asarray(zooms[::-1], dtype=np.float64), path)
+    # The header stores float32: take the shortest decimal that gives it back (0.7, not 0.699999988).
+    spacing = check_spacing(np.array([float(str(np.float32(z))) for z in zooms[::-1]]), path)
     return array.transpose(axes), spacing, affine
 
 
@@ -281,8 +283,8 @@ def parse_dataset_json(path: Path) -> DatasetJson:
     if ("channel_names" in meta) == ("modality" in meta):
         problems.append(f"{path}: expected one of \"channel_names\" (nnU-Net v2) or \"modality\" (Decathlon), "
                         f"found {'both' if 'modality' in meta else 'neither'}")
-    channels = _indexed(meta.get("channel_names", meta.get("modality")), "channel_names" if naming == "nnunet"
-                        else "modality", path, problems)
+    key = "channel_names" if naming == "nnunet" else "modality"
+    channels = _indexed(meta[key], key, path, problems) if key in meta else []
     labels = meta.get("labels")
     class_names: list[str] = []
     if not isinstance(labels, dict) or not labels:
@@ -414,7 +416,7 @@ class MSD(NiftiVolumeReader):
                         meta.channels[self.channel])
         if (self.root / "imagesTs").is_dir():
             logger.info("%s: %s has no labels and is not used", self.name, self.root / "imagesTs")
-        by_case = self._images(problems, images, meta)
+        by_case, named = self._images(problems, images, meta)
         cases = []
         label_files = {_strip(p.name, meta.file_ending): p for p in _files(labels, meta.file_ending)}
         for cid, files in by_case.items():
@@ -424,7 +426,7 @@ class MSD(NiftiVolumeReader):
                 continue
             cases.append(Case(cid, (files[self.channel] if meta.naming == "nnunet" else files[0], label),
                               kind="volume", group=cid))
-        for cid in sorted(set(label_files) - set(by_case)):
+        for cid in sorted(set(label_files) - named):
             problems.append(Problem(f"{label_files[cid]}: label without an image in {images}", case=cid))
         if meta.num_training is not None and meta.num_training != len(by_case):
             logger.warning("%s: %s gives numTraining %d, %s holds %d case(s)", self.name, json_path,
@@ -433,8 +435,9 @@ class MSD(NiftiVolumeReader):
                     len(cases), meta.naming, self.intensity_mode())
         return cases
 
-    def _images(self, problems: list[str], folder: Path, meta: DatasetJson) -> dict[str, list[Path]]:
-        """Case id -> its image file(s) (one per channel, in channel order for nnU-Net v2); naming problems."""
+    def _images(self, problems: list[str], folder: Path, meta: DatasetJson) -> tuple[dict[str, list[Path]], set[str]]:
+        """Case id -> its image file(s) (one per channel, in channel order for nnU-Net v2), and every case id
+        named by an image file (complete or not); naming problems."""
         found: dict[str, dict[int, Path]] = {}
         for path in _files(folder, meta.file_ending):
             stem = _strip(path.name, meta.file_ending)
@@ -460,7 +463,7 @@ class MSD(NiftiVolumeReader):
             out[cid] = [found[cid][c] for c in range(n)]
         if not found and not any(p.startswith(f"{folder}") for p in problems):
             problems.append(f"{folder}: no *{meta.file_ending} images; {self.expected()}")
-        return out
+        return out, set(found)
 
     def read_image(self, case: Case) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
         path = case.files[0]
