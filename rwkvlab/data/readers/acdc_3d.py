@@ -15,13 +15,11 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from rwkvlab.data._base import DataError, check_spacing
+from rwkvlab.data._base import DataError
 from rwkvlab.data.reader import Case, Sample, register_reader
 from rwkvlab.data.readers._multiclass import log_counts
 from rwkvlab.data.readers.acdc import _NIFTI, _SLICE_INDEX, _WSL4MIS, ACDC, patient_split
-from rwkvlab.data.readers.msd import resample_volume
+from rwkvlab.data.readers.msd import resample_volume, target_spacing_option
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +52,7 @@ class ACDC3D(ACDC):
 
     def __init__(self, root: Path, target_spacing: Sequence[float] | None = None) -> None:
         super().__init__(root)
-        if target_spacing is not None:
-            try:
-                target_spacing = check_spacing(np.asarray(target_spacing, dtype=np.float64), "target_spacing")
-            except (TypeError, ValueError) as e:
-                raise DataError(f"target_spacing must be three positive numbers (mm along z, y, x); "
-                                f"got {target_spacing!r}") from e
-        self.target_spacing = target_spacing
+        self.target_spacing = target_spacing_option(target_spacing)
 
     def scan(self, problems: list[str]) -> list[Case]:
         if not self.require_dirs(problems, self.root):

@@ -46,7 +46,7 @@ from rwkvlab.data.readers._binary import SPLIT_8_1_1
 logger = logging.getLogger(__name__)
 
 __all__ = ["MSD", "NiftiVolumeReader", "DatasetJson", "parse_dataset_json", "read_nifti", "ct_window",
-           "percentile_scale", "resample_volume", "map_labels", "CT_WINDOW", "PERCENTILES"]
+           "percentile_scale", "resample_volume", "map_labels", "target_spacing_option", "CT_WINDOW", "PERCENTILES"]
 
 CT_WINDOW = (-125.0, 275.0)  # HU; TransUNet's abdominal soft-tissue window for Synapse (docs §8)
 PERCENTILES = (0.5, 99.5)  # per-volume intensity range for MRI, as nnU-Net clips its non-CT inputs
@@ -186,12 +186,7 @@ class NiftiVolumeReader(Reader):
             window = _pair(window, "window", "(lo, hi) in HU, lo < hi, e.g. [-125, 275]")
         self.percentiles = _pair(percentiles, "percentiles", "(lo, hi) with 0 <= lo < hi <= 100, e.g. [0.5, 99.5]",
                                  bounds=(0, 100))
-        if target_spacing is not None:
-            try:
-                target_spacing = check_spacing(np.asarray(target_spacing, dtype=np.float64), "target_spacing")
-            except (TypeError, ValueError) as e:
-                raise DataError(f"target_spacing must be three positive numbers (mm along z, y, x); "
-                                f"got {target_spacing!r}") from e
+        target_spacing = target_spacing_option(target_spacing)
         if orientation not in ("voxel", "ras"):
             raise DataError(f"orientation must be voxel or ras; got {orientation!r}")
         self.intensity, self.window, self.target_spacing = intensity, window, target_spacing
@@ -235,6 +230,20 @@ class NiftiVolumeReader(Reader):
         if self.target_spacing is not None:
             image, label, spacing = resample_volume(image, label, spacing, self.target_spacing)
         return Sample(image, label, spacing)
+
+
+def target_spacing_option(value: Any) -> tuple[float, float, float] | None:
+    """The ``target_spacing`` option as three positive mm values along (z, y, x); ``None`` stays ``None``.
+
+    Raises:
+        DataError: for anything else.
+    """
+    if value is None:
+        return None
+    try:
+        return check_spacing(np.asarray(value, dtype=np.float64), "target_spacing")
+    except (TypeError, ValueError) as e:
+        raise DataError(f"target_spacing must be three positive numbers (mm along z, y, x); got {value!r}") from e
 
 
 def _pair(value: Any, name: str, expected: str, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -475,7 +484,8 @@ class MSD(NiftiVolumeReader):
                 raise DataError(f"{path}: has {raw.shape[-1]} channel(s); the channel option is {self.channel}")
             raw = raw[..., self.channel]
         elif self.channel and (self._meta is None or self._meta.naming == "msd"):
-            raise DataError(f"{path}: is one 3D channel; the channel option {self.channel} needs a 4D (X, Y, Z, C) file")
+            raise DataError(f"{path}: is one 3D channel; the channel option {self.channel} needs a 4D (X, Y, Z, C) "
+                            f"file")
         return raw, spacing, affine
 
     def split(self, cases: Sequence[Case], seed: int) -> dict[str, list[str]]:

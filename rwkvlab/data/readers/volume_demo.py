@@ -91,7 +91,8 @@ def generate3d(out: Path, seed: int = 0, n_cases: int = 12, shape: tuple[int, in
         hu, label = organ_phantom(np.random.default_rng(child), tuple(shape), ORGANS_HU, body=_BODY_HU,
                                   background=_AIR, noise=_NOISE_HU, jitter=12.0)
         image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)  # the range of 12-bit CT
-        for path, array in ((out / "imagesTr" / f"{case}_0000.nii.gz", image), (out / "labelsTr" / f"{case}.nii.gz", label)):
+        files = {out / "imagesTr" / f"{case}_0000.nii.gz": image, out / "labelsTr" / f"{case}.nii.gz": label}
+        for path, array in files.items():
             atomic_write(path, lambda p, a=array: p.write_bytes(_nifti_gz(a, spacing)))
     meta = {"name": "volume_demo", "description": "SYNTHETIC CT-like volumes (no patient data), rwkvlab",
             "channel_names": {"0": "CT"}, "labels": {name: i for i, name in enumerate(CLASS_NAMES)},
