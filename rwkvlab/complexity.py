@@ -3,24 +3,30 @@
 The paper's "FLOPs" are MACs counted thop-style (docs §5, §11). :func:`count_macs` runs one forward pass with
 module hooks and a function mode and books every operation under a kind:
 
-* ``conv``, ``linear``: weights x output positions (biases not counted), as thop;
-* ``norm``: BatchNorm / GroupNorm of exact torch types, 4 ops per element (thop: 2, doubled for the affine);
+* ``conv``, ``linear``: weights x output positions (biases not counted), as thop, for convolutions of any rank;
+  transposed convolutions too are counted at their output positions (thop's rule: 2^d x their true MACs when kernel
+  = stride = 2 in d dimensions);
+* ``norm``: BatchNorm (1D/2D/3D) / GroupNorm of exact torch types, 4 ops per element (thop: 2, doubled for the
+  affine); instance norms count 0, as the paper's counts never include them;
   subclasses (timm's ``LayerNorm2d``) count 0, as thop hooks exact types only;
 * ``layernorm``: ``nn.LayerNorm`` (the token norms), booked at 4 per element but not part of the paper's
   figure: counted, RWKV-UNet-T at 256 comes out 1.1% over its published 3.70G; left out, every row the paper
   prints a figure for that this architecture can reproduce is within 0.5% (measured over all the rows of
   ``params.yaml``'s variants);
-* ``upsample``: ``nn.Upsample`` (bilinear) at 11 ops per output element, as thop; ``F.interpolate`` called
-  functionally is invisible to thop and counts 0;
+* ``upsample``: ``nn.Upsample`` (bilinear) at 11 ops per output element, as thop; trilinear at 31 (thop's formula,
+  13 x 2 + 5, which its own hook skips); ``F.interpolate`` called functionally is invisible to thop and counts 0, and
+  so do nearest upsampling and pooling of any rank;
 * ``attention``: softmax-attention products outside Linear layers (``torch.matmul``, ``@``, ``bmm``,
   ``scaled_dot_product_attention``, or what a token mixer declares in ``extra_macs``), in MACs;
-* reported apart, since the paper counts none of them: ``wkv`` (the Bi-WKV recurrence), ``scan`` (Bi-Mamba's
+* reported apart, since the paper counts none of them: ``wkv`` (the Bi-WKV recurrence: 6 per element of ``k``,
+  (N, T, C), at every call of the op, so a block that scans a volume along several orders books each scan), ``scan`` (Bi-Mamba's
   selective scans), ``ssm_proj`` (the x/dt projections feeding them) and ``linear_attention`` (FLA's products).
 
 ``macs_g`` is ``conv + linear + norm + upsample`` (not ``layernorm``) plus the softmax-attention products at 2 per MAC, which is how
 the paper's MHSA row adds up (docs §10: +7.44G); ``wkv_macs_g`` sums the kinds reported apart. The hand-written counter exists because
 no counter on PyPI counts custom ops, functional interpolation and exact-type norms the way the paper's thop did
-(docs §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper.
+(docs §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper, or with
+``--model`` counts registered models at any 2D or 3D size (``--size 32 64 64`` for a D x H x W volume).
 """
 
 from __future__ import annotations
@@ -46,14 +52,17 @@ from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Complexity", "count_macs", "model_complexity", "trained_complexity", "variant_rows", "complexity_table", "main"]
+__all__ = ["Complexity", "count_macs", "model_complexity", "trained_complexity", "variant_rows", "model_rows",
+           "complexity_table", "main"]
 
 NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
 BILINEAR_OPS = 11  # thop's count per output element of a bilinear nn.Upsample
 # The kinds that make up the paper's FLOPs, and the kinds reported apart (docs §10-11, module docstring).
 COUNTED = ("conv", "linear", "norm", "upsample")
 APART = ("wkv", "scan", "ssm_proj", "linear_attention")
-_EXACT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+TRILINEAR_OPS = 31  # thop's formula for trilinear (two bilinear + one linear); its hook itself counts 0
+_UPSAMPLE_OPS = {"bilinear": BILINEAR_OPS, "trilinear": TRILINEAR_OPS}
+_EXACT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 _MATMULS = {torch.matmul, torch.bmm, Tensor.matmul, Tensor.__matmul__, Tensor.bmm}
 
 
@@ -82,7 +91,11 @@ class _Counter(TorchFunctionMode):
     matrix products outside them (attention written with ``@`` or ``scaled_dot_product_attention``)."""
 
     def __init__(self) -> None:
+        from rwkvlab.ops._op import WKV_MACS_PER_ELEMENT
+
         super().__init__()
+        self.wkv_ops = {torch.ops.rwkvlab.wkv_forward, torch.ops.rwkvlab.wkv_forward.default}
+        self.wkv_macs_per_element = WKV_MACS_PER_ELEMENT
         self.macs: dict[str, float] = defaultdict(float)
         self.opaque = 0  # > 0 inside a module whose products are booked by a hook (Linear, declared mixers)
         self.ssm = 0  # > 0 inside a selective-scan direction: its projections are booked apart
@@ -91,7 +104,10 @@ class _Counter(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         if self.opaque:
             return out
-        if func in _MATMULS and isinstance(out, Tensor):
+        if func in self.wkv_ops:
+            # Bi-WKV: two recurrences (one each way) and their combination, a few multiply-adds per element of k.
+            self.macs["wkv"] += self.wkv_macs_per_element * args[0].numel()
+        elif func in _MATMULS and isinstance(out, Tensor):
             self.macs["attention"] += out.numel() * args[0].shape[-1]
         elif func is F.scaled_dot_product_attention:
             q, k = args[0], args[1]
@@ -115,8 +131,8 @@ class _Counter(TorchFunctionMode):
             self.macs["layernorm"] += NORM_OPS * x.numel()
         elif type(module) in _EXACT_NORMS:
             self.macs["norm"] += NORM_OPS * x.numel()
-        elif isinstance(module, nn.Upsample) and module.mode == "bilinear":
-            self.macs["upsample"] += BILINEAR_OPS * output.numel()
+        elif isinstance(module, nn.Upsample) and module.mode in _UPSAMPLE_OPS:
+            self.macs["upsample"] += _UPSAMPLE_OPS[module.mode] * output.numel()
         extra = getattr(module, "extra_macs", None)
         if callable(extra) and isinstance(x, Tensor):
             for kind, value in extra(x.shape[0], inputs[1] if len(inputs) > 1 else None).items():
@@ -124,15 +140,16 @@ class _Counter(TorchFunctionMode):
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
-    """Parameters and MACs of ``model`` on one input of ``input_shape`` (N, C, H, W), counted in eval mode.
+    """Parameters and MACs of ``model`` on one input of ``input_shape``, counted in eval mode.
 
-    The forward pass runs on the ``meta`` device (shapes only), so counting a 512x512 model takes no memory.
+    The forward pass runs on the ``meta`` device (shapes only), so counting a 512x512 model or a 128^3 volume takes
+    no memory.
 
     Shape:
-        input_shape: (N, C, H, W); MACs scale with N (the paper counts N = 1).
+        input_shape: (N, C, H, W) for an image model, (N, C, D, H, W) for a volume model; MACs scale with N (the
+        paper counts N = 1).
     """
     from rwkvlab.models.mixers import SelectiveSSM
-    from rwkvlab.models.rwkv_unet import SpatialMix
 
     counter = _Counter()
     params = sum(p.numel() for p in model.parameters())
@@ -147,10 +164,6 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
             # them): its counter did not see the projections that feed the scan.
             module.register_forward_pre_hook(lambda *_: setattr(counter, "ssm", counter.ssm + 1))
             module.register_forward_hook(lambda *_: setattr(counter, "ssm", counter.ssm - 1))
-        if isinstance(module, SpatialMix):
-            # Bi-WKV: two recurrences (one each way) and their combination, a few multiply-adds per element.
-            module.register_forward_hook(
-                lambda m, inp, out: counter.macs.__setitem__("wkv", counter.macs["wkv"] + 6 * inp[0].numel()))
     with torch.no_grad(), counter:
         meta(torch.zeros(*input_shape, device="meta"))
     return Complexity(params=params, macs=dict(counter.macs))
@@ -168,13 +181,24 @@ def trained_complexity(checkpoint: Path | str) -> Complexity:
                             kwargs.pop("in_chans"), **kwargs)
 
 
-def model_complexity(name: str, size: int | tuple[int, int], num_classes: int, in_chans: int = 3,
+def model_complexity(name: str, size: int | Sequence[int], num_classes: int, in_chans: int = 3,
                      **kwargs: Any) -> Complexity:
-    """:func:`count_macs` of a registered model built with ``kwargs``, at one image of ``size``."""
-    h, w = (size, size) if isinstance(size, int) else size
+    """:func:`count_macs` of a registered model built with ``kwargs``, at one image or volume of ``size``.
+
+    Args:
+        size: an ``int`` for a square image or a cube (as many sides as the model's ``spatial_dims``, 2 unless it
+            declares 3), or the sizes themselves: (H, W) or (D, H, W).
+
+    Raises:
+        ValueError: ``size`` has a number of sides the model does not take.
+    """
     with torch.device("meta"):  # shapes only: building a large variant costs no memory or init time
         model = create_model(name, in_chans=in_chans, num_classes=num_classes, **kwargs)
-    return count_macs(model, (1, in_chans, h, w))
+    dims = getattr(model, "spatial_dims", 2)
+    sides = (size,) * dims if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(sides) != dims:
+        raise ValueError(f"{name} takes {dims}D inputs (spatial_dims={dims}); got size {sides}")
+    return count_macs(model, (1, in_chans, *sides))
 
 
 @dataclass(frozen=True)
@@ -184,7 +208,7 @@ class _Row:
     variant: str
     model: str
     kwargs: dict[str, Any]
-    size: int
+    size: int | tuple[int, ...]
     num_classes: int
     paper_flops_g: float | None
 
@@ -225,6 +249,30 @@ def variant_rows(variants: dict[str, Any], names: Iterable[str] | None = None) -
     return rows
 
 
+def model_rows(models: Iterable[str], size: Sequence[int], num_classes: int = 2,
+               in_chans: int | None = None) -> list[_Row]:
+    """Rows that count registered models at one size (``python -m rwkvlab.complexity --model``), labelled
+    ``name@DxHxW`` (or ``name@HxW``), without a paper figure.
+
+    Args:
+        size: one side (a square image or a cube, by the model's ``spatial_dims``), (H, W) or (D, H, W).
+        in_chans: input channels; ``None`` for 1 with a 3D model, 3 with a 2D one.
+
+    Raises:
+        ValueError: an unknown model, or a size whose number of sides the model does not take.
+    """
+    rows = []
+    for name in models:
+        with torch.device("meta"):
+            dims = getattr(create_model(name, num_classes=max(num_classes, 1)), "spatial_dims", 2)
+        sides = tuple(size) * dims if len(size) == 1 else tuple(size)
+        if len(sides) != dims:
+            raise ValueError(f"{name} takes {dims}D inputs (spatial_dims={dims}); got --size {' '.join(map(str, size))}")
+        chans = in_chans if in_chans is not None else (1 if dims == 3 else 3)
+        rows.append(_Row(f"{name}@{'x'.join(map(str, sides))}", name, {"in_chans": chans}, sides, num_classes, None))
+    return rows
+
+
 def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFrame:
     """Parameters (M), MACs (G, the paper's convention), the WKV/scan MACs apart, the paper's figure and the
     relative difference, one row per model or variant.
@@ -243,7 +291,8 @@ def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFram
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``."""
+    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``, or
+    ``python -m rwkvlab.complexity --model NAME [NAME ...] --size S [S [S]] [--in-chans C] [--num-classes K]``."""
     from rwkvlab import config
 
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.complexity", description=__doc__.splitlines()[0])
@@ -251,12 +300,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", help="write the table as CSV to PATH, or - for standard output")
     parser.add_argument("--params", default=None, help="the params file holding ablate.variants; default: the project's "
                         "params.yaml above the working directory")
+    parser.add_argument("--model", nargs="+", help="count these registered models at --size instead of the table of "
+                        "variants (2D or 3D: rwkv_unet3d_t, unet3d, swin_unetr3d)")
+    parser.add_argument("--size", type=int, nargs="+", help="with --model: one side (a square image or a cube, by the "
+                        "model's spatial_dims), H W, or D H W")
+    parser.add_argument("--in-chans", type=int, help="with --model: input channels (default 1 for 3D models, 3 for 2D)")
+    parser.add_argument("--num-classes", type=int, default=2, help="with --model: output classes (default 2)")
     args = parser.parse_args(argv)
+    if args.model is None and (args.size or args.in_chans is not None):
+        parser.error("--size and --in-chans go with --model")
+    if args.model is not None and args.variants != "all":
+        parser.error("--model and --variants exclude each other")
+    if args.model is not None and not args.size:
+        parser.error("--model needs --size (one side, H W, or D H W)")
+    if args.size and (len(args.size) > 3 or min(args.size) < 1):
+        parser.error(f"--size takes 1 to 3 positive sides, got {' '.join(map(str, args.size))}")
     logging.basicConfig(level=logging.WARNING)
     try:
-        variants = config.load(args.params).ablate.variants
-        names = None if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
-        table = complexity_table(variant_rows(variants, names), progress=args.csv != "-")
+        if args.model is not None:
+            rows = model_rows(args.model, args.size, args.num_classes, args.in_chans)
+        else:
+            variants = config.load(args.params).ablate.variants
+            names = None if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
+            rows = variant_rows(variants, names)
+        table = complexity_table(rows, progress=args.csv != "-")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -40,16 +40,23 @@ def check_channels(in_chans: int, num_classes: int) -> None:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
 
-def check_input(x: Tensor, in_chans: int, size_divisor: int, who: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is (N, in_chans, H, W) with H and W multiples of ``size_divisor``.
+def check_input(x: Tensor, in_chans: int, size_divisor: int | tuple[int, ...], who: str) -> None:
+    """Raise ``ValueError`` unless ``x`` has ``in_chans`` channels and a spatial size that ``size_divisor`` divides.
+
+    An ``int`` divisor is the 2D rule (H and W multiples of it); a tuple holds one divisor per spatial axis, so
+    ``(16, 16, 16)`` asks for a volume (N, C, D, H, W) with D, H and W multiples of 16.
 
     Shape:
-        x: (N, in_chans, H, W).
+        x: (N, in_chans, H, W) for an ``int`` divisor, (N, in_chans, D, H, W) for a 3-tuple.
     """
-    if x.dim() != 4 or x.shape[1] != in_chans:
+    divisors = (size_divisor, size_divisor) if isinstance(size_divisor, int) else tuple(size_divisor)
+    axes = {2: ("H", "W"), 3: ("D", "H", "W")}[len(divisors)]
+    if x.dim() != 2 + len(divisors) or x.shape[1] != in_chans:
         raise ValueError(f"{who}: built for in_chans={in_chans}, got an input of shape {tuple(x.shape)}; "
-                         f"expected (N, {in_chans}, H, W)")
-    h, w = x.shape[-2:]
-    if h % size_divisor or w % size_divisor:
-        raise ValueError(f"{who}: input height and width must be multiples of {size_divisor} (size_divisor), "
-                         f"got {h}x{w}")
+                         f"expected (N, {in_chans}, {', '.join(axes)})")
+    sizes = tuple(x.shape[2:])
+    if any(s % d for s, d in zip(sizes, divisors)):
+        names = "height and width" if len(divisors) == 2 else "depth, height and width"
+        shown = size_divisor if isinstance(size_divisor, int) else divisors
+        raise ValueError(f"{who}: input {names} must be multiples of {shown} (size_divisor), "
+                         f"got {'x'.join(map(str, sizes))}")

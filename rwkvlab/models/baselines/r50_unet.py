@@ -42,6 +42,8 @@ class R50UNet(nn.Module):
         torch.Size([1, 2, 64, 96])
     """
 
+    spatial_dims = 2
+
     def __init__(self, in_chans: int = 3, num_classes: int = 2, decoder_widths: Sequence[int] = (256, 128, 64, 32),
                  encoder: str = "resnet50") -> None:
         super().__init__()

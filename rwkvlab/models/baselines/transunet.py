@@ -50,6 +50,7 @@ class TransUNet(nn.Module):
     """
 
     size_divisor = 16
+    spatial_dims = 2
 
     def __init__(self, in_chans: int = 3, num_classes: int = 2, img_size: int = 224,
                  decoder_widths: Sequence[int] = (256, 128, 64, 16)) -> None:

@@ -3,6 +3,9 @@
 * ``unet``: MONAI ``BasicUNet`` with features (32, 64, 128, 256, 512, 32), 7.78M parameters (paper 7.77M).
 * ``unet_pp``: MONAI ``BasicUNetPlusPlus``, same features, without its unused deep-supervision heads, 9.12M (paper
   9.16M, the 4uiiurz1/UNeXt ``NestedUNet``).
+* ``unet3d``: the same ``BasicUNet`` with ``spatial_dims=3`` (3x3x3 convolutions, 2x2x2 pooling and transposed
+  convolutions), BatchNorm + ReLU as the 2D one, 22.63M parameters (1 channel in, 4 classes). No table of the
+  paper has it; it is the 3D yardstick of ``python -m rwkvlab.bench scaling3d``.
 * ``att_unet``: the Attention U-Net of Oktay et al. (2018) in the layout of its common PyTorch port
   (LeeJunHyun/Image_Segmentation ``AttU_Net``) at half its widths, 8.73M (paper 8.73M), assembled from MONAI's
   attention-gate and conv blocks. MONAI's own ``AttentionUnet(channels=(32..512))`` has 7.94M because its decoder
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,39 +39,48 @@ FEATURES = (32, 64, 128, 256, 512, 32)
 
 
 class MonaiUNet(nn.Module):
-    """MONAI's ``BasicUNet`` or ``BasicUNetPlusPlus`` (2D) behind the rwkvlab model contract.
+    """MONAI's ``BasicUNet`` or ``BasicUNetPlusPlus`` (2D or 3D) behind the rwkvlab model contract.
 
     Args:
         nested: ``False`` for U-Net, ``True`` for UNet++ (without deep supervision).
         in_chans: input channels, passed to the first convolution (no weights to reuse, so no RGB repeat).
         num_classes: output classes, background included.
         features: the five encoder widths and the last decoder width (MONAI's ``features``).
+        spatial_dims: 2 for images, 3 for volumes (every convolution, pooling and norm becomes 3D).
 
     Shape:
-        x: (N, in_chans, H, W), H and W multiples of 16 (four poolings) -> (N, num_classes, H, W) logits.
+        2D: x: (N, in_chans, H, W), H and W multiples of 16 (four poolings) -> (N, num_classes, H, W) logits.
+        3D: x: (N, in_chans, D, H, W), D, H and W multiples of 16 -> (N, num_classes, D, H, W) logits.
+
+    Attributes:
+        size_divisor: 16 in 2D, (16, 16, 16) in 3D (one divisor per spatial axis).
 
     Example:
         >>> net = create_model("unet", in_chans=1, num_classes=4)
         >>> net(torch.zeros(2, 1, 64, 96)).shape
         torch.Size([2, 4, 64, 96])
+        >>> create_model("unet3d", in_chans=1, num_classes=4)(torch.zeros(1, 1, 16, 32, 48)).shape
+        torch.Size([1, 4, 16, 32, 48])
     """
 
-    size_divisor = 16
-
     def __init__(self, nested: bool = False, in_chans: int = 3, num_classes: int = 2,
-                 features: Sequence[int] = FEATURES) -> None:
+                 features: Sequence[int] = FEATURES, spatial_dims: Literal[2, 3] = 2) -> None:
         super().__init__()
         from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 
         check_channels(in_chans, num_classes)
         if len(features) != 6:
             raise ValueError(f"features must hold 6 widths (5 encoder levels, last decoder), got {tuple(features)}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.in_chans, self.num_classes, self.nested = in_chans, num_classes, nested
+        self.spatial_dims = spatial_dims
+        self.size_divisor: int | tuple[int, ...] = 16 if spatial_dims == 2 else (16,) * spatial_dims
         cls = BasicUNetPlusPlus if nested else BasicUNet
         # BasicUNet.__init__ prints its features; the library logs instead.
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            self.net = cls(spatial_dims=2, in_channels=in_chans, out_channels=num_classes, features=tuple(features),
-                           act="relu", norm="batch", upsample="deconv")
+            self.net = cls(spatial_dims=spatial_dims, in_channels=in_chans, out_channels=num_classes,
+                           features=tuple(features), act="relu", norm="batch", upsample="deconv")
         logger.debug("%s: %s", cls.__name__, said.getvalue().strip())
         if nested:
             # MONAI builds and runs the three deep-supervision heads even without deep supervision, then drops their
@@ -109,6 +121,8 @@ class AttentionUNet(nn.Module):
         x: (N, in_chans, H, W), H and W multiples of 2^(len(channels) - 1) -> (N, num_classes, H, W) logits.
     """
 
+    spatial_dims = 2
+
     def __init__(self, in_chans: int = 3, num_classes: int = 2,
                  channels: Sequence[int] = (32, 64, 128, 256, 512)) -> None:
         super().__init__()
@@ -147,6 +161,15 @@ class AttentionUNet(nn.Module):
 def unet(in_chans: int = 3, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
     """U-Net (Ronneberger et al., 2015) as MONAI ``BasicUNet``, 7.78M parameters (paper 7.77M)."""
     return MonaiUNet(False, in_chans, num_classes, features)
+
+
+@register_model
+def unet3d(in_chans: int = 1, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
+    """3D U-Net: MONAI ``BasicUNet`` with ``spatial_dims=3``, BatchNorm + ReLU, 22.63M parameters (1 in, 4 classes).
+
+    Shape: x: (N, in_chans, D, H, W), D, H and W multiples of 16 -> (N, num_classes, D, H, W).
+    """
+    return MonaiUNet(False, in_chans, num_classes, features, spatial_dims=3)
 
 
 @register_model
