@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,80 @@ from rwkvlab.ops.dwconv import depthwise_conv2d
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConvBNAct", "DepthwiseConv2d", "batch_norm_act", "q_shift", "relu_sq", "sigmoid_gate", "token_mix"]
+__all__ = ["ChannelLayerNorm", "ConvBNAct", "DepthwiseConv2d", "SqueezeExcite", "batch_norm_act", "batch_norm_nd",
+           "check_tokens", "conv_nd", "q_shift", "relu_sq", "sigmoid_gate", "token_mix"]
+
+# Axis names of a token grid by spatial rank, for shapes in messages.
+_AXES = {2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _check_rank(spatial_dims: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes); got {spatial_dims!r}")
+
+
+def conv_nd(spatial_dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
+    """``nn.Conv2d`` for images (``spatial_dims=2``), ``nn.Conv3d`` for volumes (3).
+
+    Raises:
+        ValueError: ``spatial_dims`` is not 2 or 3.
+    """
+    _check_rank(spatial_dims)
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def batch_norm_nd(spatial_dims: int) -> type[nn.BatchNorm2d] | type[nn.BatchNorm3d]:
+    """``nn.BatchNorm2d`` for images (``spatial_dims=2``), ``nn.BatchNorm3d`` for volumes (3).
+
+    Raises:
+        ValueError: ``spatial_dims`` is not 2 or 3.
+    """
+    _check_rank(spatial_dims)
+    return nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of a map of any spatial rank (timm's ``LayerNorm2d`` for images and volumes).
+
+    Args:
+        chs: channels C.
+        eps: LayerNorm epsilon.
+
+    Shape:
+        x: (N, C, *spatial) -> (N, C, *spatial).
+    """
+
+    def __init__(self, chs: int, eps: float = 1e-6) -> None:
+        super().__init__(chs, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.movedim(-1, 1)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite with as many hidden channels as inputs (timm's ``SEModule`` with ``rd_channels=chs``, same
+    keys), over images or volumes.
+
+    Args:
+        chs: channels C.
+        act_layer: activation between the two 1x1 convolutions.
+        spatial_dims: 2 for (N, C, H, W) maps, 3 for (N, C, D, H, W).
+
+    Shape:
+        x: (N, C, *spatial) -> (N, C, *spatial).
+    """
+
+    def __init__(self, chs: int, act_layer: type[nn.Module] = nn.SiLU, spatial_dims: int = 2) -> None:
+        super().__init__()
+        conv = conv_nd(spatial_dims)
+        self.fc1 = conv(chs, chs, 1)
+        self.act = act_layer()
+        self.fc2 = conv(chs, chs, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.fc2(self.act(self.fc1(x.mean(tuple(range(2, x.dim())), keepdim=True))))
+        return x * torch.sigmoid(s)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -51,16 +125,17 @@ class DepthwiseConv2d(nn.Conv2d):
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> activation, "same" padding.
+    """Conv (no bias) -> BatchNorm -> activation, "same" padding, over images (2D) or volumes (3D).
 
     Args:
         in_chs: input channels.
         out_chs: output channels.
-        kernel_size: square kernel size (odd).
-        stride: convolution stride.
+        kernel_size: kernel size along every axis (odd).
+        stride: convolution stride, one for all axes or one per axis.
         groups: ``in_chs`` for a depthwise convolution.
         act_layer: activation class, or ``None`` for none.
         bn_eps: BatchNorm epsilon.
+        spatial_dims: 2 (``nn.Conv2d``; a depthwise one is :class:`DepthwiseConv2d`) or 3 (``nn.Conv3d``).
     """
 
     def __init__(
@@ -68,49 +143,62 @@ class ConvBNAct(nn.Sequential):
         in_chs: int,
         out_chs: int,
         kernel_size: int = 1,
-        stride: int = 1,
+        stride: int | tuple[int, ...] = 1,
         groups: int = 1,
         act_layer: type[nn.Module] | None = nn.ReLU,
         bn_eps: float = 1e-6,
+        spatial_dims: int = 2,
     ) -> None:
-        depthwise = groups == in_chs == out_chs > 1
+        # the CPU weight-gradient kernel exists for 2D depthwise convolutions with one stride only
+        fast_dw = groups == in_chs == out_chs > 1 and spatial_dims == 2 and isinstance(stride, int)
         super().__init__(
-            DepthwiseConv2d(in_chs, kernel_size, stride) if depthwise else
-            nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_chs, eps=bn_eps),
+            DepthwiseConv2d(in_chs, kernel_size, stride) if fast_dw else
+            conv_nd(spatial_dims)(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+            batch_norm_nd(spatial_dims)(out_chs, eps=bn_eps),
             act_layer() if act_layer is not None else nn.Identity(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (N, in_chs, H, W) -> (N, out_chs, H / stride, W / stride); BN and activation by :func:`batch_norm_act`."""
+        """x: (N, in_chs, *spatial) -> (N, out_chs, *spatial / stride); BN and activation by :func:`batch_norm_act`."""
         conv, bn, act = self
         return batch_norm_act(conv(x), bn, act)
 
 
-def q_shift(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """One-pixel quad-directional token shift of Vision-RWKV (docs §2), zero fill.
+def q_shift(x: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """One-voxel token shift of Vision-RWKV from the face neighbours (docs §2, §18), zero fill.
 
-    With ``g = C // 4``: channels [0, g) take the pixel to their left, [g, 2g) the pixel to their
-    right, [2g, 3g) the pixel above, [3g, 4g) the pixel below; the rest are unchanged.
+    Channels are cut into ``2 * len(grid)`` groups of ``g = C // (2 * len(grid))``, two per axis, the last axis
+    first: on an image (H, W) groups 0-3 take the pixel to their left, right, above and below (quarters); on a
+    volume (D, H, W) groups 0-5 take the voxel at -W, +W, -H, +H, -D, +D (sixths). The remaining ``C mod
+    (2 * len(grid))`` channels are unchanged.
 
     Shape:
-        x: (N, T, C) with T = H * W in row-major order -> (N, T, C).
+        x: (N, T, C) with T = prod(grid) in row-major order -> (N, T, C).
     """
     n, t, c = x.shape
-    h, w = hw
-    g = c // 4
-    m = x.transpose(1, 2).reshape(n, c, h, w)
-    out = torch.cat(
-        [
-            F.pad(m[:, :g, :, :-1], (1, 0, 0, 0)),
-            F.pad(m[:, g : 2 * g, :, 1:], (0, 1, 0, 0)),
-            F.pad(m[:, 2 * g : 3 * g, :-1, :], (0, 0, 1, 0)),
-            F.pad(m[:, 3 * g : 4 * g, 1:, :], (0, 0, 0, 1)),
-            m[:, 4 * g :],
-        ],
-        dim=1,
-    )
+    rank = len(grid)
+    g = c // (2 * rank)
+    m = x.transpose(1, 2).reshape(n, c, *grid)
+    parts = []
+    for j, axis in enumerate(range(rank + 1, 1, -1)):
+        size = m.shape[axis]
+        # F.pad lists (before, after) pairs from the last axis on
+        before = [0] * (2 * rank)
+        after = [0] * (2 * rank)
+        before[2 * j] = after[2 * j + 1] = 1
+        lo, hi = m[:, 2 * j * g : (2 * j + 1) * g], m[:, (2 * j + 1) * g : (2 * j + 2) * g]
+        parts.append(F.pad(lo.narrow(axis, 0, size - 1), before))  # from the previous voxel along the axis
+        parts.append(F.pad(hi.narrow(axis, 1, size - 1), after))  # from the next one
+    out = torch.cat([*parts, m[:, 2 * rank * g :]], dim=1)
     return out.flatten(2).transpose(1, 2)
+
+
+def check_tokens(x: Tensor, grid: tuple[int, ...], who: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is (N, T, C) with T the number of cells of the 2D or 3D ``grid``."""
+    if len(grid) not in _AXES or x.dim() != 3 or x.shape[1] != math.prod(grid):
+        names = "*".join(_AXES.get(len(grid), ("?",) * len(grid)))
+        raise ValueError(f"{who}: x must be (N, T, C) with T = {names} = {'*'.join(map(str, grid))}; "
+                         f"got {tuple(x.shape)}")
 
 
 @functools.cache
@@ -170,28 +258,26 @@ class _TokenMix(torch.autograd.Function):
         return gx, None, None, *gmu.unbind(0)
 
 
-def token_mix(x: Tensor, hw: tuple[int, int], mus: Sequence[Tensor]) -> list[Tensor]:
-    """``[torch.lerp(q_shift(x, hw), x, mu) for mu in mus]``: the token-shift mixes of the RWKV mixers (docs §2),
-    fused on the CPU (module docstring).
+def token_mix(x: Tensor, grid: tuple[int, ...], mus: Sequence[Tensor]) -> list[Tensor]:
+    """``[torch.lerp(q_shift(x, grid), x, mu) for mu in mus]``: the token-shift mixes of the RWKV mixers (docs §2),
+    fused on the CPU for images (module docstring); volumes take the plain path.
 
     Args:
-        x: tokens (N, T, C), T = H * W row-major.
-        hw: the grid (H, W).
+        x: tokens (N, T, C), T = H * W (or D * H * W) row-major.
+        grid: the grid (H, W) or (D, H, W).
         mus: mixing weights, each (C,); cast to ``x``'s dtype.
 
     Shape:
         (N, T, C) -> ``len(mus)`` tensors (N, T, C).
     """
-    h, w = hw
-    if x.dim() != 3 or x.shape[1] != h * w:
-        raise ValueError(f"token_mix: x must be (N, T, C) with T = H*W = {h}*{w}; got {tuple(x.shape)}")
+    check_tokens(x, grid, "token_mix")
     mus = [mu.to(x.dtype) for mu in mus]
     if any(mu.shape != (x.shape[2],) for mu in mus):
         raise ValueError(f"token_mix: each mu must have shape ({x.shape[2]},); got {[tuple(m.shape) for m in mus]}")
-    if _fused(x, *mus) is None:
-        xx = q_shift(x, hw)
+    if len(grid) != 2 or _fused(x, *mus) is None:
+        xx = q_shift(x, grid)
         return [torch.lerp(xx, x, mu) for mu in mus]
-    return list(_TokenMix.apply(x, h, w, *mus))
+    return list(_TokenMix.apply(x, *grid, *mus))
 
 
 class _ReluSq(torch.autograd.Function):
@@ -274,14 +360,14 @@ class _BatchNormAct(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-def batch_norm_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> Tensor:
+def batch_norm_act(x: Tensor, bn: nn.BatchNorm2d | nn.BatchNorm3d, act: nn.Module) -> Tensor:
     """``act(bn(x))``, fused on the CPU (module docstring) for a training-mode ``bn`` that tracks running
-    statistics with a momentum, ``act`` an ``nn.Identity``, ``nn.ReLU`` or ``nn.SiLU`` and ``x`` channels_last;
-    anything else calls the two modules. The fused path updates ``bn``'s running statistics and batch count as
-    ``nn.BatchNorm2d`` does (running = (1 - momentum) running + momentum batch, unbiased variance).
+    statistics with a momentum, ``act`` an ``nn.Identity``, ``nn.ReLU`` or ``nn.SiLU`` and ``x`` a channels_last
+    image; anything else (volumes too) calls the two modules. The fused path updates ``bn``'s running statistics and
+    batch count as ``nn.BatchNorm2d`` does (running = (1 - momentum) running + momentum batch, unbiased variance).
 
     Shape:
-        x: (N, C, H, W) -> (N, C, H, W).
+        x: (N, C, *spatial) -> (N, C, *spatial).
     """
     kind = _BN_ACTS.get(type(act))
     fast = (kind is not None and bn.training and bn.track_running_stats and bn.momentum is not None and bn.affine

@@ -1,7 +1,7 @@
 """The alternative token mixers of the paper's Table 2 ablation (docs §10), and the selective scan of Mamba.
 
-Every mixer maps tokens ``(N, T, C)``, ``T = H*W`` in row-major order, to ``(N, T, C)`` and takes the grid
-``hw`` in ``forward``, so any input size works. ``extra_macs`` returns the multiply-accumulates a mixer does
+Every mixer maps tokens ``(N, T, C)``, ``T = H*W`` (or ``D*H*W`` for volumes, docs §18) in row-major order, to
+``(N, T, C)`` and takes the grid ``hw`` ((H, W) or (D, H, W)) in ``forward``, so any input size works. ``extra_macs`` returns the multiply-accumulates a mixer does
 outside its ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (those are counted by module hooks), which
 the complexity counter reports apart (docs §11).
 
@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
+from rwkvlab.models.layers import check_tokens, conv_nd
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -36,11 +38,6 @@ __all__ = [
     "selective_scan",
     "selective_scan_reference",
 ]
-
-
-def _check_tokens(x: Tensor, hw: tuple[int, int], who: str) -> None:
-    if x.dim() != 3 or x.shape[1] != hw[0] * hw[1]:
-        raise ValueError(f"{who}: x must be (N, T, C) with T = H*W = {hw[0]}*{hw[1]}; got {tuple(x.shape)}")
 
 
 class MHSA(Attention):
@@ -65,17 +62,17 @@ class MHSA(Attention):
             raise ValueError(f"num_heads must be a positive divisor of dim={dim}; got {num_heads}")
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias)
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, hw: tuple[int, ...]) -> Tensor:  # type: ignore[override]
         """x: (N, T, C), T = H*W -> (N, T, C)."""
-        _check_tokens(x, hw, type(self).__name__)
+        check_tokens(x, hw, type(self).__name__)
         return super().forward(x)
 
-    def extra_macs(self, n: int, hw: tuple[int, int]) -> dict[str, int]:
+    def extra_macs(self, n: int, hw: tuple[int, ...]) -> dict[str, int]:
         """The two attention products, q k^T and attn v: ``2 n T^2 C`` MACs (softmax not counted).
 
         The paper's Table 2 row (+7.44G over the Spatial Mix) counts these as 2 FLOPs per MAC (docs §10).
         """
-        t = hw[0] * hw[1]
+        t = math.prod(hw)
         return {"attention": 2 * n * t * t * self.attn_dim}
 
 
@@ -86,7 +83,8 @@ class FocusedLinearAttention(nn.Module):
     ``scale`` of shape (1, 1, C) (init 0); focusing: ``q <- q^f * |q| / |q^f|`` (norms over all C channels, f = 3),
     the same for k; per head ``out = q (k^T v / T) / (q . mean_t(k) + 1e-6)`` (the reference's Swin form; the 1/T
     and the mean cancel up to the 1e-6), always in this linear order; plus a depthwise kxk conv (with bias) of v on
-    the H x W map whose weights are shared by the heads (a Conv2d over head_dim channels, as the reference); then an
+    the H x W map (D x H x W: a Conv3d) whose weights are shared by the heads (a Conv2d over head_dim channels, as the
+    reference); then an
     output Linear with bias. The reference's positional encoding has a fixed number of tokens and is left out, so
     any grid works.
 
@@ -96,13 +94,14 @@ class FocusedLinearAttention(nn.Module):
         focusing_factor: the focusing power f (> 0).
         kernel_size: odd kernel of the depthwise conv on v.
         qkv_bias: bias of the q and kv projections.
+        spatial_dims: 2 for token grids (H, W), 3 for (D, H, W) (the conv on v is then a Conv3d).
 
     Shape:
-        x: (N, T, C), T = H*W row-major -> (N, T, C).
+        x: (N, T, C), T = H*W (or D*H*W) row-major -> (N, T, C).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, focusing_factor: float = 3, kernel_size: int = 5,
-                 qkv_bias: bool = False) -> None:
+                 qkv_bias: bool = False, spatial_dims: int = 2) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"num_heads must be a positive divisor of dim={dim}; got {num_heads}")
@@ -116,8 +115,8 @@ class FocusedLinearAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2,
-                             groups=self.head_dim)
+        self.dwc = conv_nd(spatial_dims)(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2,
+                                              groups=self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
     def _focus(self, x: Tensor, scale: Tensor) -> Tensor:
@@ -126,9 +125,9 @@ class FocusedLinearAttention(nn.Module):
         x = x**self.focusing_factor
         return x / x.norm(dim=-1, keepdim=True) * norm
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, ...]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
-        _check_tokens(x, hw, type(self).__name__)
+        check_tokens(x, hw, type(self).__name__)
         n, t, c = x.shape
         heads, d = self.num_heads, self.head_dim
         scale = F.softplus(self.scale)
@@ -142,11 +141,11 @@ class FocusedLinearAttention(nn.Module):
         out = out + self.dwc(v_map).reshape(n, heads, d, t).transpose(-2, -1)
         return self.proj(out.transpose(1, 2).reshape(n, t, c))
 
-    def extra_macs(self, n: int, hw: tuple[int, int]) -> dict[str, int]:
+    def extra_macs(self, n: int, hw: tuple[int, ...]) -> dict[str, int]:
         """The linear-attention products per head: k^T v and q (k^T v) (``n T C d`` each, d = head_dim), and the
         normaliser: mean_t(k) (``n T C`` accumulations) and q . mean(k) (``n T C``): ``n T C (2d + 2)`` in all.
         The kernel function, focusing and division are not counted (a few ops per element)."""
-        t = hw[0] * hw[1]
+        t = math.prod(hw)
         c = self.num_heads * self.head_dim
         return {"linear_attention": n * t * c * (2 * self.head_dim + 2)}
 
@@ -429,14 +428,14 @@ class BiMamba(nn.Module):
         self.bwd = SelectiveSSM(self.inner, d_state, d_conv, dt_rank)
         self.out_proj = nn.Linear(self.inner, dim, bias=False)
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, ...]) -> Tensor:
         """x: (N, T, C), T = H*W -> (N, T, C)."""
-        _check_tokens(x, hw, type(self).__name__)
+        check_tokens(x, hw, type(self).__name__)
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.fwd(xs) + self.bwd(xs.flip(1)).flip(1)
         return self.out_proj(F.silu(z) * y / 2)
 
-    def extra_macs(self, n: int, hw: tuple[int, int]) -> dict[str, int]:
+    def extra_macs(self, n: int, hw: tuple[int, ...]) -> dict[str, int]:
         """MACs of the two selective scans and the elementwise products, with L = T, E C inner channels, S states.
 
         ``scan``: per direction, token, inner channel and state one multiply-add of the recurrence
@@ -445,7 +444,7 @@ class BiMamba(nn.Module):
         and ``(delta u) B`` (S) per token and channel, and the SiLU(z) gate once: ``n T E C (2 (2 S + 1) + 1)``.
         Not counted: exp, SiLU, softplus, the average.
         """
-        t = hw[0] * hw[1]
+        t = math.prod(hw)
         per_channel = n * t * self.inner
         return {"scan": 2 * per_channel * (2 * self.d_state + 1),
                 "elementwise": per_channel * (2 * (2 * self.d_state + 1) + 1)}
