@@ -81,3 +81,78 @@ def test_bad_arguments_stop_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert message in capsys.readouterr().err
+
+
+# ``scaling3d``: the table's structure and the skipping rules; the timings themselves are not asserted.
+from rwkvlab.bench import ScalingCase, ScalingRow, bench_scaling3d, format_scaling, scaling3d_cases  # noqa: E402
+
+
+def test_scaling3d_command_prints_every_case_with_its_reason(capsys):
+    # At 16^3 nothing can train at batch 1 (a 1-voxel bottleneck, SwinUNETR's divisor 32): every case says why.
+    bench.main(["scaling3d", "--sizes", "16", "--repeats", "1", "--in-process"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("3D scaling on CPU") and "batch 1, 1 channel, 5 classes" in lines[0]
+    assert lines[1].startswith("memory (step MiB): ")
+    assert lines[2].split() == ["model", "side", "voxels", "f+b", "s", "x", "unet3d", "us/voxel", "step", "MiB", "x",
+                                "unet3d", "runs", "note"]
+    rows = lines[4:8]
+    assert [r[:26].strip() for r in rows] == ["unet3d", "rwkv_unet3d_t", "rwkv_unet3d_t scan=axes", "swin_unetr3d"]
+    assert all(" 16^3 " in r for r in rows)
+    assert "multiples of 32 and >= 64" in rows[3] and "multiples of 16 and >= 32" in rows[0]
+    assert all("fewer than two sides measured" in line for line in lines[-5:-1])
+    assert lines[-1].startswith("(") and lines[-1].endswith(" s)")
+
+
+def test_scaling3d_measures_in_fresh_processes():
+    cases = scaling3d_cases([32], models=[("unet3d", ()), ("rwkv_unet3d_t", ())])
+    rows = bench_scaling3d(cases, torch.device("cpu"), repeats=1, threads=1)
+    assert [r.case for r in rows] == cases
+    assert all(r.seconds > 0 and r.step_mib > 0 and r.runs == 1 and r.note == "" for r in rows), rows
+    table = format_scaling(rows)
+    assert table[2].split()[:5] == ["unet3d", "32^3", "32768", f"{rows[0].seconds:.3f}", "1.00"]
+    assert table[3].split()[:3] == ["rwkv_unet3d_t", "32^3", "32768"]
+
+
+def _row(label, size, seconds, mib=100.0, note=""):
+    model, *kw = label.split()
+    return ScalingRow(ScalingCase(model, tuple(tuple(k.split("=")) for k in kw), size), seconds, mib,
+                      0 if seconds is None else 2, note)
+
+
+def test_format_scaling_ratios_and_growth():
+    rows = [_row("unet3d", 64, 2.0, 400.0), _row("rwkv_unet3d_t", 64, 1.0, 100.0),
+            _row("unet3d", 128, 16.0, 3200.0), _row("rwkv_unet3d_t", 128, 12.0, 900.0),
+            _row("swin_unetr3d", 128, None, None, "killed: over the 150 s cap")]
+    lines = format_scaling(rows)
+    rwkv128 = lines[5].split()
+    assert rwkv128[:5] == ["rwkv_unet3d_t", "128^3", "2097152", "12.000", "0.75"]
+    assert rwkv128[5] == f"{12e6 / 128**3:.2f}" and rwkv128[6:8] == ["900", "0.28"]
+    assert lines[6].split()[3:9] == ["-"] * 5 + ["0"] and lines[6].endswith("killed: over the 150 s cap")
+    growth = {line.split()[0]: line for line in lines[-3:]}
+    assert "= 8.00 vs voxels 8.00 (1.00 of linear)" in growth["unet3d"]
+    assert "= 12.00 vs voxels 8.00 (1.50 of linear)" in growth["rwkv_unet3d_t"]
+    assert "fewer than two sides measured" in growth["swin_unetr3d"]
+
+
+def test_scaling3d_skips_what_would_pass_the_cap(monkeypatch):
+    measured = {("unet3d", 32): 10.0, ("swin_unetr3d", 64): None}
+
+    def fake(case, threads, repeats, warmup, cap_s):
+        seconds = measured[case.model, case.size]
+        return ScalingRow(case, seconds, 1.0, 1, "" if seconds else f"killed: over the {cap_s:.0f} s cap")
+
+    monkeypatch.setattr(bench, "_isolated", fake)
+    cases = scaling3d_cases([32, 64, 96], models=[("unet3d", ()), ("swin_unetr3d", ())])
+    rows = {(r.case.model, r.case.size): r for r in bench_scaling3d(cases, torch.device("cpu"), cap_s=150)}
+    assert rows["unet3d", 64].note.startswith("skipped: ~80 s a step predicted from 32^3")  # 2 x 80 > 150
+    assert rows["swin_unetr3d", 32].note.startswith("skipped: sides must be multiples of 32 and >= 64")
+    assert rows["swin_unetr3d", 96].note == "skipped: 64^3 already passed the 150 s cap"
+    assert rows["unet3d", 96].note.startswith("skipped: ~270 s a step predicted from 32^3")
+
+
+@pytest.mark.parametrize("argv,message", [(["scaling3d", "--repeats", "0"], "--repeats must be >= 1"),
+                                          (["scaling3d", "--sizes", "0"], "--sizes must be >= 1")])
+def test_scaling3d_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert message in capsys.readouterr().err
