@@ -1,9 +1,10 @@
 """The alternative token mixers of the paper's Table 2 ablation (docs §10), and the selective scan of Mamba.
 
 Every mixer maps tokens ``(N, T, C)``, ``T = H*W`` (or ``D*H*W`` for volumes, docs §18) in row-major order, to
-``(N, T, C)`` and takes the grid ``hw`` ((H, W) or (D, H, W)) in ``forward``, so any input size works. ``extra_macs`` returns the multiply-accumulates a mixer does
-outside its ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (those are counted by module hooks), which
-the complexity counter reports apart (docs §11).
+``(N, T, C)`` and takes the grid ``hw`` ((H, W) or (D, H, W)) in ``forward``, so any input size works.
+``extra_macs`` returns the multiply-accumulates a mixer does outside its ``nn.Linear`` / ``nn.Conv1d`` /
+``nn.Conv2d`` submodules (those are counted by module hooks), which the complexity counter reports apart
+(docs §11).
 
 * :class:`MHSA`: softmax multi-head self-attention (timm's ``Attention``).
 * :class:`FocusedLinearAttention`: FLatten Transformer (Han et al., ICCV 2023).

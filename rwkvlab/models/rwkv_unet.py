@@ -746,17 +746,20 @@ def rwkv_enc_b(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVE
 
 @register_model
 def rwkv_unet3d_t(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
-    """Volumetric RWKV-UNet-T (docs §18): RWKV-UNet-T's widths and depths with ``spatial_dims=3``; 3.75M parameters."""
+    """Volumetric RWKV-UNet-T (docs §18): the widths and depths of RWKV-UNet-T, ``spatial_dims=3``; 3.76M
+    parameters."""
     return _create3d("t", in_chans, num_classes, **overrides)
 
 
 @register_model
 def rwkv_unet3d_s(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
-    """Volumetric RWKV-UNet-S (docs §18): RWKV-UNet-S's widths and depths with ``spatial_dims=3``; ?M parameters."""
+    """Volumetric RWKV-UNet-S (docs §18): the widths and depths of RWKV-UNet-S, ``spatial_dims=3``; 10.67M
+    parameters."""
     return _create3d("s", in_chans, num_classes, **overrides)
 
 
 @register_model
 def rwkv_unet3d_b(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
-    """Volumetric RWKV-UNet-B (docs §18): RWKV-UNet-B's widths and depths with ``spatial_dims=3``; ?M parameters."""
+    """Volumetric RWKV-UNet-B (docs §18): the widths and depths of RWKV-UNet-B, ``spatial_dims=3``; 18.37M
+    parameters."""
     return _create3d("b", in_chans, num_classes, **overrides)

@@ -180,8 +180,8 @@ def fingerprint(name, **kwargs):
     return keys, weights, out
 
 
-# Measured before the blocks took a spatial rank (commit of docs §18), and bit-identical after it: see the report
-# there. The output checksum has a float32 tolerance, for machines whose vector units round differently.
+# Measured on the code before the blocks took a spatial rank (docs §18). The output checksum has a float32
+# tolerance, for machines whose vector units round differently; keys and weights must not move at all.
 FINGERPRINTS_2D = [
     ({}, ("7234be74cce5d946", 3833.9264995623785, 0.42912992037322806)),
     ({"wkv_init": "vrwkv", "norm": "pre", "channel_mix": True},
