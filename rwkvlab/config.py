@@ -41,6 +41,8 @@ class Prepare:
     """Validation, split and caching of the datasets."""
 
     datasets: dict[str, Path]
+    # (H, W) the 2D items of a dataset are resized to; a dataset of volumes only (trained in 3D on patches of its
+    # native voxels, docs §20) has no entry
     image_size: dict[str, tuple[int, int]]
     # per dataset: reader options, plus ``reader`` (the reader of a dataset of your own, e.g. ``folder``)
     # and ``skip_invalid`` (leave out the cases with a problem); checked by rwkvlab.data.get_reader
@@ -48,10 +50,10 @@ class Prepare:
     split_seeds: tuple[int, ...]
     card_montage: int
 
-    def size(self, dataset: str) -> tuple[int, int]:
-        if dataset not in self.image_size:
-            raise ValueError(f"params.yaml: prepare.image_size has no entry for dataset {dataset!r}")
-        return self.image_size[dataset]
+    def size(self, dataset: str) -> tuple[int, int] | None:
+        """The 2D item size of ``dataset``; ``None`` where it has no entry (checked by prepare: only a dataset
+        without 2D items may leave it out)."""
+        return self.image_size.get(dataset)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Recipe:
     ce_weight: float
     dice_weight: float
     test_checkpoint: Literal["best", "last"]
-    augment: Literal["none", "light", "acdc", "synapse", "synapse_scratch"]  # rwkvlab.data.augment
+    augment: Literal["none", "light", "acdc", "synapse", "synapse_scratch", "volume"]  # rwkvlab.data.augment
     # Not in the paper: recompute BatchNorm statistics on the training images before each
     # validation. Short runs on tiny sets (the demo) otherwise validate with running statistics
     # that lag far behind the weights.
@@ -138,6 +140,16 @@ class Recipe:
     # pool (for sets without unlabelled images, e.g. the demo); it applies with consistency_weight 0 too, so
     # the supervised baseline on the same labels is the same recipe with the weight set to 0
     unlabelled_fraction: float
+    # Volumetric models (spatial_dims 3, docs §20): training patches (D, H, W) drawn from the train volumes,
+    # patches_per_volume per volume and epoch, a foreground_fraction of them centred on a labelled voxel
+    # (MONAI's RandCropByPosNegLabeld); validation and test by sliding windows of patch_size with sw_overlap,
+    # blended with sw_mode weights, sw_batch_size windows per forward. None for 2D models.
+    patch_size: tuple[int, ...] | None
+    patches_per_volume: int
+    foreground_fraction: float
+    sw_overlap: float
+    sw_mode: Literal["gaussian", "constant"]
+    sw_batch_size: int
 
 
 @dataclass(frozen=True)

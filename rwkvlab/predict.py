@@ -15,6 +15,11 @@ Outputs, in the input's geometry, under ``DIR`` mirroring the input folder:
   foreground);
 * ``predictions.csv``: input, output, overlay, shape and the classes present, one row per input.
 
+A volumetric checkpoint (``rwkv_unet3d_*``, ``unet3d``, ``swin_unetr3d``; docs §20) reads NIfTI and array volumes
+whole, in the volume readers' array order (the voxel axes reversed), resampled to the spacing it was trained at
+when the file's differs, and labels them with the sliding window of its recipe (``--mode`` and ``--overlap``
+are for 2D checkpoints); the label map is written in the input's voxel grid with its affine.
+
 Every file is written to a temporary name and renamed, so a killed run leaves no half-written output; a
 rerun skips the inputs whose outputs exist. ``--mode resize`` (default) resizes to the training size and the
 labels back (docs §7); ``--mode window`` slides windows of the training size over the image (large images).
@@ -43,7 +48,8 @@ from tqdm.auto import tqdm
 from rwkvlab.data._base import DataError
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.inference import (NIFTI_SLICE_AXIS, NIFTI_SUFFIXES, Mode, input_kind, load_for_prediction,
-                                      predict_image, predict_slices, read_input, resolve_device)
+                                      predict_image, predict_slices, predict_whole_volume, read_input, read_volume,
+                                      resolve_device)
 from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -188,6 +194,7 @@ def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.devic
             raise DataError(f"{seen[labels_path]} and {f} would both write {labels_path}; rename one of them")
         seen[labels_path] = f
     model, meta = load_for_prediction(checkpoint, device)
+    volumetric = meta.get("spatial_dims") == 3
     size = tuple(meta["image_size"])
     names = list(meta["class_names"])
     rows: list[dict[str, Any]] = []
@@ -199,21 +206,29 @@ def predict_files(checkpoint: Path, source: Path, out: Path, device: torch.devic
             logger.info("%s: outputs exist, skipped", f)
         else:
             try:
-                image, nifti = read_input(f, meta, window)
+                if volumetric:
+                    image, spacing, nifti = read_volume(f, meta, window)
+                else:
+                    image, nifti = read_input(f, meta, window)
             except DataError as e:
                 if not skip_invalid:
                     raise DataError(f"{e} (--skip-invalid leaves out the inputs that cannot be read)") from e
                 logger.warning("skipped %s", e)
                 skipped.append({"input": str(f), "problem": str(e)})
                 continue
-            if image.ndim == 3 and image.dtype != np.uint8:
+            if volumetric:
+                labels = predict_whole_volume(model, image, spacing, meta, device)
+            elif image.ndim == 3 and image.dtype != np.uint8:
                 labels = predict_slices(model, image, size, device, mode, batch_size, overlap)
             else:
                 labels = predict_image(model, image, size, device, mode, batch_size, overlap)
             if overlay:
                 write_overlay(overlay_path, *_overlay_slice(image, labels), names)
             if nifti is not None:
-                labels = np.moveaxis(labels, 0, NIFTI_SLICE_AXIS) if labels.ndim == 3 else labels
+                if volumetric:  # back from (D, H, W) = (k, j, i) to the file's voxel axes
+                    labels = labels.transpose(2, 1, 0)
+                elif labels.ndim == 3:
+                    labels = np.moveaxis(labels, 0, NIFTI_SLICE_AXIS)
                 atomic_write(labels_path, lambda tmp: _save_nifti(tmp, labels, nifti))
             elif labels_path.suffix == ".npz":
                 atomic_write(labels_path, lambda tmp: np.savez_compressed(tmp, label=labels))

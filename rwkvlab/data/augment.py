@@ -12,6 +12,9 @@ Recipes (``train.recipes.<dataset>.augment`` in ``params.yaml``); the last three
   (p 0.1) and the random crop (p 0.1).
 * ``synapse_scratch``: the same plus what the release enables "if the pretrained weights are not used":
   p 0.5 rot90 + flip of one axis, p 0.2 a rotation.
+* ``volume``: the volumetric recipe (docs §20): a flip of each axis (p 0.5 each), p 0.5 a rot90 in the
+  (H, W) plane where the patch is square in it (never across the slice axis, whose spacing differs), the
+  ``light`` intensity changes. It follows the patch sampling of :func:`patch_transforms`.
 
 Geometry of the release's recipes is nearest-neighbour for image and label alike, as the release does. Its
 random crop draws one ratio r in [0.8, 1.2) for both sides, keeps the full side where r >= 1, cuts a window of
@@ -33,11 +36,12 @@ import torch
 from monai import transforms as mt
 from monai.data import get_track_meta, set_track_meta
 
-__all__ = ["AUGMENTATIONS", "train_transforms", "ReleaseCropd", "BrightnessContrastd", "TwoViews", "invert_view",
+__all__ = ["AUGMENTATIONS", "VOLUME_AUGMENTATIONS", "train_transforms", "patch_transforms", "ReleaseCropd", "BrightnessContrastd", "TwoViews", "invert_view",
            "consistency_loss", "batch_consistency_loss"]
 
-Recipe = Literal["none", "light", "acdc", "synapse", "synapse_scratch"]
-AUGMENTATIONS = ("none", "light", "acdc", "synapse", "synapse_scratch")
+Recipe = Literal["none", "light", "acdc", "synapse", "synapse_scratch", "volume"]
+AUGMENTATIONS = ("none", "light", "acdc", "synapse", "synapse_scratch", "volume")
+VOLUME_AUGMENTATIONS = ("none", "volume")
 KEYS = ("image", "label")
 
 
@@ -110,6 +114,9 @@ def train_transforms(recipe: Recipe, size: tuple[int, int], seed: int) -> mt.Com
     """The augmentation of ``recipe`` for items of spatial ``size`` (H, W); ``None`` for ``none``."""
     if recipe == "none":
         return None
+    if recipe == "volume":
+        raise ValueError("augment 'volume' is the volumetric recipe (a 3D model's patches); 2D items take "
+                         f"one of {', '.join(a for a in AUGMENTATIONS if a != 'volume')}")
     if recipe in ("acdc", "synapse_scratch") and size[0] != size[1]:
         raise ValueError(f"augment {recipe!r} rotates by 90 degrees and needs square items, got {size}")
     if recipe == "light":
@@ -127,6 +134,37 @@ def train_transforms(recipe: Recipe, size: tuple[int, int], seed: int) -> mt.Com
                  ReleaseCropd(KEYS, size, prob=0.1)]
     else:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    compose = _WithoutMeta([*steps, mt.ToTensord(KEYS, track_meta=False)])
+    compose.set_random_state(seed)
+    return compose
+
+
+def patch_transforms(recipe: Recipe, patch_size: Sequence[int], foreground_fraction: float,
+                     seed: int) -> mt.Compose:
+    """One training patch of a volume, then the augmentation ``recipe`` (``none`` or ``volume``).
+
+    The volume is zero-padded to at least ``patch_size``; MONAI's ``RandCropByPosNegLabeld`` centres the patch on
+    a labelled voxel with probability ``foreground_fraction``, else on a background one (nnU-Net's oversampling
+    of foreground, as a probability per patch).
+
+    Shape:
+        ``{"image": (1, D, H, W) float, "label": (1, D, H, W) float}`` -> a list of one such dict at ``patch_size``.
+    """
+    if recipe not in VOLUME_AUGMENTATIONS:
+        raise ValueError(f"augment {recipe!r} is a 2D recipe; a volumetric model's patches take one of "
+                         f"{', '.join(VOLUME_AUGMENTATIONS)}")
+    if not 0 <= foreground_fraction <= 1:
+        raise ValueError(f"recipe foreground_fraction must be in [0, 1], got {foreground_fraction}")
+    patch = tuple(int(n) for n in patch_size)
+    steps: list[mt.Transform] = [
+        mt.SpatialPadd(KEYS, patch),
+        mt.RandCropByPosNegLabeld(KEYS, "label", patch, pos=foreground_fraction, neg=1 - foreground_fraction,
+                                  num_samples=1)]
+    if recipe == "volume":
+        steps += [mt.RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
+        if patch[1] == patch[2]:
+            steps.append(mt.RandRotate90d(KEYS, prob=0.5, spatial_axes=(1, 2)))
+        steps += _intensity()
     compose = _WithoutMeta([*steps, mt.ToTensord(KEYS, track_meta=False)])
     compose.set_random_state(seed)
     return compose

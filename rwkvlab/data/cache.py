@@ -78,7 +78,7 @@ def _all_splits(reader: Reader, cases: Sequence[Case], seed: int) -> dict[str, d
     return {f"seed{seed}": reader.split(cases, seed), **reader.extra_splits(cases)}
 
 
-def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, seeds: Sequence[int],
+def prepare(reader: Reader, size: tuple[int, int] | None, out: Path, splits_dir: Path, seeds: Sequence[int],
             skip_invalid: bool = False) -> Path:
     """Validate ``reader``'s raw folder and write ``out`` (HDF5) and ``splits_dir/seed<k>.json``.
 
@@ -88,8 +88,9 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
 
     Args:
         reader: the dataset over its raw folder.
-        size: (H, W) of the 2D items, positive. The size rule of a model (``size_divisor``) is checked
-            where a model meets the data (:func:`rwkvlab.engine.inference.check_image_size`), not here.
+        size: (H, W) of the 2D items, positive; ``None`` for a dataset of volumes only (an error if the reader
+            returns a 2D item). The size rule of a model (``size_divisor``) is checked where a model meets the
+            data (:func:`rwkvlab.engine.inference.check_image_size`), not here.
         out: the ``.h5`` file to write.
         splits_dir: folder of the split files.
         seeds: one split file per seed.
@@ -99,7 +100,7 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
         DataError: listing every problem of the raw folder (with ``skip_invalid``: the problems that
             belong to no single case), or naming a split that skipping left empty.
     """
-    h, w = size
+    h, w = (1, 1) if size is None else size
     if h < 1 or w < 1:
         raise ValueError(f"prepare.image_size must be two positive integers (H, W), got {h}x{w}")
     problems: list[str] = []
@@ -118,6 +119,9 @@ def prepare(reader: Reader, size: tuple[int, int], out: Path, splits_dir: Path, 
             vol_spacings.append((np.nan,) * 3 if sample.spacing is None
                                 else check_spacing(sample.spacing, case.files[0] if case.files else case.case_id))
             continue
+        if size is None:
+            raise ValueError(f"prepare.image_size.{reader.name}: missing, but case {case.case_id} is a 2D item; give "
+                             f"the (H, W) its 2D items are resized to")
         sizes.append(spatial)
         img = resize_image(sample.image, size)
         images.append(img if img.dtype == np.uint8 else img.astype(np.float16)[..., None])
@@ -206,6 +210,11 @@ class Prepared:
     @property
     def in_chans(self) -> int:
         return int(self.images.shape[-1])
+
+    @property
+    def item_size(self) -> tuple[int, ...]:
+        """The spatial size of the 2D items, (H, W) (``prepare.image_size``; (1, 1) for a set of volumes only)."""
+        return tuple(int(n) for n in self.images.shape[1:-1])
 
     @property
     def num_classes(self) -> int:

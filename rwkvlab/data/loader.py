@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from rwkvlab.data.cache import Prepared
 
-__all__ = ["SegArrays", "as_float", "to_tensor"]
+__all__ = ["SegArrays", "VolumePatches", "as_float", "to_tensor"]
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -53,3 +53,31 @@ class SegArrays(Dataset):
         if self.transform is None:
             return item
         return self.transform({"image": as_float(item["image"]), "label": item["label"].float()})
+
+
+class VolumePatches(Dataset):
+    """Training patches of the volumes of one split (docs §20): item ``i`` is a patch of volume
+    ``i // patches_per_volume`` (in the split's order), cut by ``transform`` (:func:`rwkvlab.data.augment.patch_transforms`).
+
+    Items:
+        ``{"image": (1, D, H, W) float32, "label": (1, D, H, W) class indices (float)}`` at the patch size.
+    """
+
+    def __init__(self, data: Prepared, split: str, patches_per_volume: int, transform: mt.Transform) -> None:
+        if split not in data.volume_splits:
+            raise KeyError(f"{data.dataset}: no split {split!r}; splits: {sorted(data.volume_splits)}")
+        if patches_per_volume < 1:
+            raise ValueError(f"recipe patches_per_volume must be >= 1, got {patches_per_volume}")
+        self.ids = list(data.volume_splits[split])
+        if not self.ids:
+            raise ValueError(f"{data.dataset}: split {split!r} has no volumes; a volumetric model trains on volumes")
+        self.data, self.per_volume, self.transform = data, patches_per_volume, transform
+
+    def __len__(self) -> int:
+        return len(self.ids) * self.per_volume
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, label = self.data.volumes[self.ids[i // self.per_volume]]
+        out = self.transform({"image": torch.from_numpy(np.require(image, np.float32, "W"))[None],
+                              "label": torch.from_numpy(label.astype(np.float32))[None]})
+        return out[0] if isinstance(out, list) else out

@@ -16,7 +16,8 @@ import torch
 
 from rwkvlab.data.cache import Prepared
 from rwkvlab.engine.cpu_memory import keep_freed_memory
-from rwkvlab.engine.inference import check_image_size, predict, predict_volume
+from rwkvlab.engine.inference import (SlidingWindow, check_image_size, predict, predict_volume, predict_volume_3d,
+                                      spatial_dims)
 from rwkvlab.io import atomic_write
 from rwkvlab.metrics import case_metrics
 from rwkvlab.progress import Progress
@@ -25,33 +26,43 @@ __all__ = ["evaluate_split", "evaluate_cases", "summarize", "write_evaluation", 
 
 
 @keep_freed_memory()
-def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_size: int,
-                   device: torch.device) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def evaluate_split(model: torch.nn.Module, data: Prepared, split: str, batch_size: int, device: torch.device,
+                   window: SlidingWindow | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Score every case of ``split``: its 2D items per image and its volumes per volume (docs §7).
 
-    Volumes with a voxel size (``data.spacings``) get HD95 in mm beside HD95 in voxels.
+    A 2D model labels volumes slice by slice with the paper's protocol; a volumetric model (docs §20) labels
+    them whole with sliding ``window`` s and never sees the 2D items. Volumes with a voxel size
+    (``data.spacings``) get HD95 in mm beside HD95 in voxels.
 
     Returns:
         (one row per case and foreground class, :func:`evaluate_cases`'s columns; predictions by case id).
     """
-    check_image_size(model, data.images.shape[1:3], f"prepare.image_size.{data.dataset}")
+    volumetric = spatial_dims(model) == 3
+    if volumetric:
+        if window is None:
+            raise ValueError(f"{type(model).__name__} is volumetric: evaluating it needs the sliding window "
+                             f"(the recipe's patch_size and sw_* fields)")
+        check_image_size(model, window.roi_size, "recipe patch_size")
+    else:
+        check_image_size(model, data.item_size, f"prepare.image_size.{data.dataset}")
     preds: dict[str, np.ndarray] = {}
     frames = []
     idx = data.splits.get(split, np.zeros(0, np.int64))
     idx = idx[data.labelled[idx]]
-    if len(idx):
+    if len(idx) and not volumetric:
         pred = predict(model, data.images[idx], batch_size, device)
         frames.append(evaluate_cases(pred, data.masks[idx], data.ids[idx], data.class_names))
         preds.update(zip(data.ids[idx].tolist(), pred))
     vol_ids = data.volume_splits.get(split, [])
     if vol_ids:
-        size = data.images.shape[1:3]
-        vol_pred = [predict_volume(model, data.volumes[v][0], size, device) for v in vol_ids]
+        vol_pred = [predict_volume_3d(model, data.volumes[v][0], window, device) if volumetric
+                    else predict_volume(model, data.volumes[v][0], data.item_size, device) for v in vol_ids]
         frames.append(evaluate_cases(vol_pred, [data.volumes[v][1] for v in vol_ids], vol_ids, data.class_names,
                                      [data.spacings.get(v) for v in vol_ids]))
         preds.update(zip(vol_ids, vol_pred))
     if not frames:
-        raise ValueError(f"{data.dataset}: split {split!r} has no labelled cases to evaluate")
+        raise ValueError(f"{data.dataset}: split {split!r} has no labelled cases to evaluate"
+                         + (" (a volumetric model is scored on volumes only)" if volumetric else ""))
     return pd.concat(frames, ignore_index=True), preds
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -29,8 +30,8 @@ from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "check_image_size", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
-           "PHOTO_SUFFIXES", "NIFTI_SUFFIXES", "ARRAY_SUFFIXES", "NIFTI_SLICE_AXIS", "input_kind",
+__all__ = ["resolve_device", "spatial_dims", "check_image_size", "SlidingWindow", "predict_volume_3d", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
+           "read_volume", "predict_whole_volume", "PHOTO_SUFFIXES", "NIFTI_SUFFIXES", "ARRAY_SUFFIXES", "NIFTI_SLICE_AXIS", "input_kind",
            "Mode", "load_for_prediction", "read_input", "predict_image", "predict_slices"]
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -52,25 +53,76 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def check_image_size(model: torch.nn.Module, size: Sequence[int], where: str) -> None:
-    """Raise unless ``size`` (H, W) obeys the input-size rule ``model`` declares as ``size_divisor``.
+def spatial_dims(model: torch.nn.Module) -> int:
+    """The spatial rank a model takes: 3 for the volumetric ones (docs §20), 2 for every other model of the zoo."""
+    return int(getattr(model, "spatial_dims", 2))
 
-    The rule belongs to the model (16 for RWKV-UNet, 32 for Swin-UNet, the window for MaxViT encoders), so the
-    data layer prepares any positive size and this check runs where a model meets the data.
+
+def check_image_size(model: torch.nn.Module, size: Sequence[int], where: str) -> None:
+    """Raise unless ``size`` obeys the input-size rule ``model`` declares as ``size_divisor``.
+
+    The rule belongs to the model (16 for RWKV-UNet, 32 for Swin-UNet, the window for MaxViT encoders, the
+    product of the strides along each axis for the 3D models), so the data layer prepares any positive size and
+    this check runs where a model meets the data.
 
     Args:
         model: a model of the zoo; one without ``size_divisor`` takes any size.
-        size: (H, W).
+        size: (H, W) for a 2D model, (D, H, W) for a 3D one.
         where: the setting or file the size comes from, for the message (e.g. ``prepare.image_size.demo``).
 
     Raises:
         ValueError: naming ``where``, the size, the model and its ``size_divisor``.
     """
+    dims = spatial_dims(model)
+    if len(size) != dims:
+        raise ValueError(f"{where}: size {list(size)} has {len(size)} axes, but {type(model).__name__} takes "
+                         f"{dims}D inputs")
     divisor = getattr(model, "size_divisor", 1)
-    h, w = size
-    if h % divisor or w % divisor:
-        raise ValueError(f"{where}: image size {h}x{w} is not a multiple of {type(model).__name__}'s size_divisor "
-                         f"{divisor}; choose H and W divisible by {divisor}")
+    divisors = tuple(divisor) if isinstance(divisor, (tuple, list)) else (divisor,) * dims
+    if any(n % d for n, d in zip(size, divisors)):
+        axes = "H and W" if dims == 2 else "D, H and W"
+        rule = divisor if isinstance(divisor, int) else "x".join(map(str, divisors))
+        raise ValueError(f"{where}: image size {'x'.join(map(str, size))} is not a multiple of "
+                         f"{type(model).__name__}'s size_divisor {divisor}; choose {axes} divisible by {rule}")
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """How a volumetric model labels a whole volume (docs §20): MONAI's ``sliding_window_inference`` with windows
+    of ``roi_size`` (the training patch) overlapping by ``overlap``, blended with ``mode`` weights (``gaussian``:
+    a window's border counts less than its centre, as nnU-Net does), ``batch_size`` windows per forward."""
+
+    roi_size: tuple[int, ...]
+    overlap: float
+    mode: Literal["gaussian", "constant"]
+    batch_size: int
+
+    @classmethod
+    def of(cls, recipe: Any) -> SlidingWindow:
+        """The window of a recipe (its ``patch_size`` and ``sw_*`` fields) or of a checkpoint's ``meta`` dict."""
+        if isinstance(recipe, dict):
+            return cls(tuple(recipe["roi_size"]), recipe["overlap"], recipe["mode"], recipe["batch_size"])
+        if recipe.patch_size is None:
+            raise ValueError("recipe patch_size: a volumetric model needs the training patch (D, H, W); it is "
+                             "also the sliding window of validation and test")
+        return cls(tuple(recipe.patch_size), recipe.sw_overlap, recipe.sw_mode, recipe.sw_batch_size)
+
+
+@torch.no_grad()
+def predict_volume_3d(model: torch.nn.Module, volume: np.ndarray, window: SlidingWindow,
+                      device: torch.device) -> np.ndarray:
+    """Label map of a whole volume by a volumetric model: sliding windows (:class:`SlidingWindow`), the softmax
+    blended where windows overlap, then argmax. A volume smaller than the window is padded (MONAI) and cut back.
+
+    Shape:
+        volume (D, H, W) float in [0, 1] (or (C, D, H, W)) -> (D, H, W) uint8 labels.
+    """
+    model.eval()
+    x = torch.from_numpy(np.require(volume, np.float32, ("C", "W")))
+    x = (x[None] if x.ndim == 3 else x)[None].to(device)
+    prob = sliding_window_inference(x, window.roi_size, window.batch_size, lambda t: model(t).softmax(1),
+                                    overlap=window.overlap, mode=window.mode)
+    return prob.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
 def model_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> torch.nn.Module:
@@ -104,7 +156,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device:
     out = []
     for i in range(0, len(images), batch_size):
         out.append(model(to_tensor(images[i : i + batch_size]).to(device)).argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:-1]), np.uint8)
 
 
 def _protocol_slice(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -173,7 +225,8 @@ def load_for_prediction(path: Path, device: torch.device) -> tuple[torch.nn.Modu
     values, never code.
 
     Returns:
-        (model in eval mode on ``device``, meta: dataset, class_names, image_size [H, W], in_chans, intensity).
+        (model in eval mode on ``device``, meta: dataset, class_names, image_size [H, W] (a volumetric model's
+        patch [D, H, W]), in_chans, intensity; a volumetric model's also spatial_dims, sliding_window, spacing).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -211,10 +264,12 @@ def load_for_prediction(path: Path, device: torch.device) -> tuple[torch.nn.Modu
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{path}: cannot rebuild {state['model_name']} {state['model_kwargs']} from it "
                          f"({first})") from e
-    h, w = meta["image_size"]
-    check_image_size(model, (h, w), f"{path}: training size (meta image_size)")
-    logger.info("%s: %s for %s (%s), trained at %dx%d, %d classes", path, state["model_name"], meta["dataset"],
-                meta["intensity"], h, w, len(meta["class_names"]))
+    size = tuple(meta["image_size"])
+    check_image_size(model, size, f"{path}: training size (meta image_size)")
+    if spatial_dims(model) == 3 and "sliding_window" not in meta:
+        raise ValueError(f"{path}: a volumetric checkpoint without meta sliding_window; train it again")
+    logger.info("%s: %s for %s (%s), trained at %s, %d classes", path, state["model_name"], meta["dataset"],
+                meta["intensity"], "x".join(map(str, size)), len(meta["class_names"]))
     return model.to(device).eval(), meta
 
 
@@ -343,3 +398,56 @@ def predict_slices(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, 
         return predict_volume(model, volume, size, device)
     return np.stack([predict_image(model, s, size, device, mode, batch_size, overlap)
                      for s in Progress(volume, desc="slices", unit="slice")])
+
+
+def read_volume(path: Path, meta: dict[str, Any], window: tuple[float, float] | None = None
+                ) -> tuple[np.ndarray, tuple[float, float, float] | None, nib.spatialimages.SpatialImage | None]:
+    """Read one input volume for a volumetric checkpoint (docs §20): a NIfTI in the volume readers' array order
+    (the voxel axes reversed to (D, H, W), :func:`rwkvlab.data.readers.msd.read_nifti`) with its spacing, or a
+    (D, H, W) npz/HDF5 array (key ``image``, no spacing); intensities in [0, 1] or mapped from ``window``.
+
+    Returns:
+        (volume (D, H, W) float32, spacing in mm along (D, H, W) or ``None``, the NIfTI image or ``None``).
+
+    Raises:
+        DataError: naming ``path``: not a NIfTI or array file, not 3D, or intensities outside [0, 1].
+    """
+    from rwkvlab.data.readers.msd import read_nifti
+
+    path = Path(path)
+    kind = input_kind(path)
+    if kind not in ("nifti", "array"):
+        raise DataError(f"{path}: a volumetric checkpoint ({meta['dataset']}) reads 3D volumes: NIfTI "
+                        f"({', '.join(NIFTI_SUFFIXES)}) or arrays ({', '.join(ARRAY_SUFFIXES)})")
+    if kind == "nifti":
+        array, spacing, _ = read_nifti(path)
+        nifti = nib.load(path)
+    else:
+        array, spacing, nifti = read_arrays(path, ("image",))["image"], None, None
+    if array.ndim != 3:
+        raise DataError(f"{path}: image has shape {array.shape}; a volumetric checkpoint expects a 3D volume")
+    return _unit(array.astype(np.float32, copy=False), path, window), spacing, nifti
+
+
+def predict_whole_volume(model: torch.nn.Module, volume: np.ndarray, spacing: Sequence[float] | None,
+                         meta: dict[str, Any], device: torch.device) -> np.ndarray:
+    """Label map of a volume by a volumetric checkpoint, in the volume's own grid.
+
+    Where the checkpoint states the spacing it was trained at (``meta["spacing"]``) and the volume has one that
+    differs by more than 1%, the volume is resampled to it first (order-3 spline) and the labels are brought back
+    with nearest neighbour, as nnU-Net predicts at its target spacing.
+
+    Shape:
+        volume (D, H, W) float in [0, 1] -> (D, H, W) uint8 labels.
+    """
+    from rwkvlab.data.readers.msd import resample_volume
+
+    window = SlidingWindow.of(meta["sliding_window"])
+    target = meta.get("spacing")
+    if spacing is None or target is None or np.allclose(spacing, target, rtol=0.01):
+        return predict_volume_3d(model, volume, window, device)
+    resampled, _, _ = resample_volume(volume, None, spacing, target)
+    labels = predict_volume_3d(model, resampled, window, device)
+    back = torch.nn.functional.interpolate(torch.from_numpy(labels)[None, None].float(), size=volume.shape,
+                                           mode="nearest-exact")
+    return back[0, 0].to(torch.uint8).numpy()

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import subprocess
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,26 +25,24 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from timm.data import create_transform
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from rwkvlab.config import Params, PretrainRecipe
 from rwkvlab.data._base import DataError
-from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.engine import loop
+from rwkvlab.engine.checkpoint import save_checkpoint
 from rwkvlab.engine.cpu_memory import keep_freed_memory
-from rwkvlab.engine.distributed import rank_world, sum_over_ranks
+from rwkvlab.engine.distributed import rank_world, sum_over_ranks, torchrun_command
+from rwkvlab.engine.loop import Task, average_batchnorm, run_epochs, wrap_ddp
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
-from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +114,8 @@ def build_model(model_name: str, num_classes: int, recipe: PretrainRecipe) -> tu
 
 
 def build_optimizer(model: nn.Module, recipe: PretrainRecipe) -> torch.optim.Optimizer:
-    """AdamW; timm's default filter puts norms, biases and other 1-D parameters in a group without decay."""
-    return create_optimizer_v2(model, opt="adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
+    """The ImageNet recipe's AdamW: norms, biases and other 1-D parameters in a group without weight decay."""
+    return loop.build_optimizer(model, recipe.lr, recipe.weight_decay, decay_norms_and_biases=False)
 
 
 def run_dirs(p: Params, model: str) -> tuple[Path, Path]:
@@ -160,6 +157,126 @@ def _amp_dtype(recipe: PretrainRecipe, device: torch.device) -> torch.dtype | No
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+class _Classification(Task):
+    """Encoder pretraining as the epoch loop runs it: model, EMA, AMP scaler, per-epoch schedule with warm-up."""
+
+    def __init__(self, model_name: str, recipe: PretrainRecipe, out_dir: Path, reports_dir: Path | None, seed: int,
+                 device: torch.device, num_workers: int) -> None:
+        self.name, self.recipe, self.out_dir, self.reports_dir, self.device = (model_name, recipe, Path(out_dir),
+                                                                               reports_dir, device)
+        rank, world = rank_world()
+        train_tf, val_tf = create_transforms(recipe)
+        self.train_set = ImageFolder(str(Path(recipe.data) / "train"), transform=train_tf)
+        val_set = ImageFolder(str(Path(recipe.data) / "val"), transform=val_tf)
+        # The tree's file list stands in for its path, so a copy of the data elsewhere still resumes.
+        self.fingerprint = _fingerprint(self.train_set, val_set)
+        random_seed(seed)
+        self.model, self.model_kwargs = build_model(model_name, len(self.train_set.classes), recipe)
+        self.model.to(device)
+        self.ema = ModelEmaV3(self.model, decay=recipe.ema_decay, use_warmup=recipe.ema_warmup)
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.scheduler, _ = create_scheduler_v2(self.optimizer, sched="cosine", num_epochs=recipe.epochs,
+                                                min_lr=recipe.min_lr, warmup_lr=recipe.warmup_lr,
+                                                warmup_epochs=recipe.warmup_epochs)
+        self.amp_dtype = _amp_dtype(recipe, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+        self.step_count, self.best = 0, {"val_top1": -1.0}
+        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.loader = DataLoader(self.train_set, batch_size=recipe.batch_size // world, sampler=self.sampler,
+                                 drop_last=True, num_workers=num_workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=num_workers > 0)
+        # Each rank scores its own slice, without the padding a DistributedSampler adds; counts are summed.
+        self.val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)),
+                                     batch_size=recipe.batch_size // world, num_workers=num_workers,
+                                     pin_memory=device.type == "cuda")
+        self.val_size = len(val_set)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model_name": self.name, "model_kwargs": self.model_kwargs, "classes": self.train_set.classes,
+                "recipe": asdict(self.recipe), "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step_count, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.ema.module.load_state_dict(state["ema"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step_count, self.best = state["step"], state["best"]
+
+    def begin(self, start: int) -> None:
+        self.scheduler.step(start)
+        self.net = wrap_ddp(self.model, self.device)
+        logger.info("pretraining %s on %s: %d classes, %d train / %d val images, %d process(es), %d threads each, "
+                    "AMP %s", self.name, self.recipe.data, len(self.train_set.classes), len(self.train_set),
+                    self.val_size, rank_world()[1], torch.get_num_threads(), self.amp_dtype)
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return len(self.loader)
+
+    def batches(self, epoch: int) -> DataLoader:
+        self.tic = time.perf_counter()
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        return self.loader
+
+    def step(self, epoch: int, index: int, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        images, targets = (t.to(self.device, non_blocking=True) for t in batch)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(self.net(images), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.model.parameters(), self.recipe.clip_grad, mode="norm")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step_count += 1
+        self.ema.update(self.model, step=self.step_count)
+        return {"loss": loss.item(), "n": len(targets)}
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, Any]:
+        self.scheduler.step(epoch + 1)
+        average_batchnorm(self.model, self.ema.module)
+        loss_sum = seen = 0.0
+        for s in steps:
+            loss_sum += s["loss"] * s["n"]
+            seen += s["n"]
+        loss_sum, seen = sum_over_ranks([loss_sum, seen], self.device)
+        top1, top5 = _evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
+        ema_top1, ema_top5 = _evaluate(self.ema.module, self.val_loader, self.device, self.amp_dtype)
+        row = {"lr": self.lr, "train_loss": loss_sum / max(seen, 1), "val_top1": top1, "val_top5": top5,
+               "val_ema_top1": ema_top1, "val_ema_top5": ema_top5, "seconds": time.perf_counter() - self.tic}
+        logger.info("epoch %d: loss %.4f, val top-1 %.2f (EMA %.2f), %.1f s", epoch + 1, row["train_loss"], top1,
+                    ema_top1, row["seconds"])
+        return row
+
+    def improved(self, row: dict[str, Any]) -> bool:
+        candidate = (("ema", row["val_ema_top1"], row["val_ema_top5"]) if row["val_ema_top1"] > row["val_top1"]
+                     else ("model", row["val_top1"], row["val_top5"]))
+        if candidate[1] <= self.best["val_top1"]:
+            return False
+        self.best = {"source": candidate[0], "epoch": row["epoch"], "val_top1": candidate[1], "val_top5": candidate[2]}
+        return True
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{row['train_loss']:.4f}", "top1": f"{row['val_top1']:.2f}"}
+
+    def save(self, payload: dict[str, Any], improved: bool) -> None:
+        if improved:
+            weights = (self.ema.module if self.best["source"] == "ema" else self.model).state_dict()
+            keep = ("model_name", "model_kwargs", "classes", "recipe", "config", "git_revision")
+            save_checkpoint(self.out_dir / "encoder.pt", {**{k: payload[k] for k in keep}, **self.best,
+                                                           "model": weights})
+        save_checkpoint(self.out_dir / "last.pt", payload)
+
+    def write_reports(self, history: list[dict[str, Any]], final: bool) -> None:
+        _write_reports(history, self.best, self.name, self.reports_dir, final)
+
+
 @keep_freed_memory()
 def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: int, device: torch.device,
              reports_dir: Path | None = None, num_workers: int = 0, resume: bool = True,
@@ -167,7 +284,8 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
     """Train ``model_name`` (an encoder with a head) to classify ``recipe.data``; resume from ``out_dir/last.pt``.
 
     Under ``torchrun`` (an initialised process group) every rank calls this with its own device; the
-    global batch ``recipe.batch_size`` is split evenly over the ranks.
+    global batch ``recipe.batch_size`` is split evenly over the ranks. The epochs are
+    :func:`rwkvlab.engine.loop.run_epochs` over a classification task.
 
     Args:
         model_name: a registered encoder with a classification head, e.g. ``rwkv_enc_t``.
@@ -189,115 +307,17 @@ def pretrain(model_name: str, recipe: PretrainRecipe, out_dir: Path, *, seed: in
         DataError: the tree is not an ImageFolder with the same classes in train and val.
         ValueError: the batch does not split evenly over the ranks, or img_size is not a multiple of 16.
     """
-    rank, world = rank_world()
-    out_dir = Path(out_dir)
+    world = rank_world()[1]
     if recipe.batch_size % world:
         raise ValueError(f"batch_size {recipe.batch_size} must be divisible by the number of processes ({world})")
     if recipe.img_size % 16:
         raise ValueError(f"img_size must be a multiple of 16 (the encoder downsamples by 16), got {recipe.img_size}")
     check_image_folder(recipe.data)
-    train_tf, val_tf = create_transforms(recipe)
-    train_set = ImageFolder(str(Path(recipe.data) / "train"), transform=train_tf)
-    val_set = ImageFolder(str(Path(recipe.data) / "val"), transform=val_tf)
-    # The tree's file list stands in for its path, so a copy of the data elsewhere still resumes.
+    task = _Classification(model_name, recipe, out_dir, reports_dir, seed, device, num_workers)
     config: dict[str, Any] = {"model": model_name, "seed": seed,
-                              "recipe": {**asdict(recipe), "data": _fingerprint(train_set, val_set)}}
-
-    random_seed(seed)
-    model, model_kwargs = build_model(model_name, len(train_set.classes), recipe)
-    model.to(device)
-    ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=recipe.ema_warmup)
-    optimizer = build_optimizer(model, recipe)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=recipe.epochs, min_lr=recipe.min_lr,
-                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs)
-    amp_dtype = _amp_dtype(recipe, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
-    start, step, history = 0, 0, []
-    best: dict[str, Any] = {"val_top1": -1.0}
-
-    state = load_checkpoint(out_dir / "last.pt", config) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"], strict=True)
-        ema.module.load_state_dict(state["ema"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
-        logger.info("resuming %s from epoch %d", out_dir / "last.pt", start + 1)
-    scheduler.step(start)
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    logger.info("pretraining %s on %s: %d classes, %d train / %d val images, %d process(es), %d threads each, "
-                "AMP %s", model_name, recipe.data, len(train_set.classes), len(train_set), len(val_set), world,
-                torch.get_num_threads(), amp_dtype)
-
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(train_set, batch_size=recipe.batch_size // world, sampler=sampler, drop_last=True,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
-    # Each rank scores its own slice, without the padding a DistributedSampler adds; counts are summed.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=recipe.batch_size // world,
-                            num_workers=num_workers, pin_memory=device.type == "cuda")
-    end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
-    bar = Progress(total=(end - start) * len(loader), desc=f"{model_name} epochs {start + 1}-{end}/{recipe.epochs}",
-                   unit="step", disable=rank != 0)
-    for epoch in range(start, end):
-        tic = time.perf_counter()
-        random_seed(seed + epoch * world, rank)
-        sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = seen = 0.0
-        lr = optimizer.param_groups[0]["lr"]
-        for images, targets in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(net(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(model.parameters(), recipe.clip_grad, mode="norm")
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            bar.update()
-            ema.update(model, step=step)
-            loss_sum += loss.item() * len(targets)
-            seen += len(targets)
-        scheduler.step(epoch + 1)
-        if world > 1:
-            # BatchNorm statistics are per rank: average them, so every rank scores (and rank 0 saves) one model.
-            distribute_bn(model, world, reduce=True)
-            distribute_bn(ema.module, world, reduce=True)
-        loss_sum, seen = sum_over_ranks([loss_sum, seen], device)
-        top1, top5 = _evaluate(model, val_loader, device, amp_dtype)
-        ema_top1, ema_top5 = _evaluate(ema.module, val_loader, device, amp_dtype)
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), "val_top1": top1,
-                        "val_top5": top5, "val_ema_top1": ema_top1, "val_ema_top5": ema_top5,
-                        "seconds": time.perf_counter() - tic})
-        logger.info("epoch %d: loss %.4f, val top-1 %.2f (EMA %.2f), %.1f s", epoch + 1, history[-1]["train_loss"],
-                    top1, ema_top1, history[-1]["seconds"])
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['train_loss']:.4f}", top1=f"{top1:.2f}")
-        candidate = ("ema", ema_top1, ema_top5) if ema_top1 > top1 else ("model", top1, top5)
-        improved = candidate[1] > best["val_top1"]
-        if improved:
-            best = {"source": candidate[0], "epoch": epoch + 1, "val_top1": candidate[1], "val_top5": candidate[2]}
-        if rank == 0:
-            payload = {"model_name": model_name, "model_kwargs": model_kwargs, "classes": train_set.classes,
-                       "recipe": asdict(recipe), "config": config, "git_revision": git_revision()}
-            if improved:
-                weights = (ema.module if best["source"] == "ema" else model).state_dict()
-                save_checkpoint(out_dir / "encoder.pt", {**payload, **best, "model": weights})
-            save_checkpoint(out_dir / "last.pt", {
-                **payload, "model": model.state_dict(), "ema": ema.module.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history, "best": best})
-            _write_reports(history, best, model_name, reports_dir, final=False)
-        if world > 1:
-            dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
-    bar.close()
-    if rank == 0:
-        _write_reports(history, best, model_name, reports_dir, final=True)
+                              "recipe": {**asdict(recipe), "data": task.fingerprint}}
+    history = run_epochs(task, out_dir, config, epochs=recipe.epochs, seed=seed, stop_after=stop_after,
+                         resume=resume)
     return pd.DataFrame(history, columns=HISTORY)
 
 
@@ -329,9 +349,8 @@ def launch(p: Params, model: str, device: torch.device, nproc: int | None = None
     nproc = p.pretrain.nproc if nproc is None else nproc
     out_dir, reports_dir = run_dirs(p, model)
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "rwkvlab.pretrain", "--params", str(p.file), "--model", model, "--device", device.type,
-               "--resume"]
+        cmd = torchrun_command(nproc, "rwkvlab.pretrain", ["--params", str(p.file), "--model", model,
+                                                           "--device", device.type, "--resume"])
         logger.info("launching %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
         return pd.read_csv(reports_dir / "history.csv")

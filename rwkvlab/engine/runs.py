@@ -26,13 +26,13 @@ from rwkvlab.config import Params, Recipe, TrainRun
 from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
-from rwkvlab.engine.inference import load_trained
+from rwkvlab.engine.inference import SlidingWindow, load_trained, spatial_dims
 from rwkvlab.engine.train import fit, model_kwargs_for
 from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "configured_run", "train_run", "ablation_run", "pretrained_encoder", "resolve_init", "load_data",
+__all__ = ["Run", "is_volumetric", "configured_run", "train_run", "ablation_run", "pretrained_encoder", "resolve_init", "load_data",
            "describe", "train", "evaluate", "summarize_seeds", "read_summary"]
 
 
@@ -63,6 +63,12 @@ class Run:
     checkpoints: Path
     history: Path
     evaluation: Path
+
+
+def is_volumetric(run: Run) -> bool:
+    """Whether ``run`` trains a volumetric model (docs §20): its recipe samples patches (``patch_size``), which only
+    a 3D model accepts."""
+    return run.recipe.patch_size is not None
 
 
 def resolve_init(p: Params, init: str | None) -> Path | None:
@@ -179,9 +185,13 @@ def describe(run: Run, data: Prepared) -> str:
     data's size, channels and classes, and the encoder it starts from. (MACs: ``python -m rwkvlab.complexity``.)"""
     model = create_model(run.model, **model_kwargs_for(data, run.model_kwargs))
     params = sum(t.numel() for t in model.parameters())
-    h, w = data.images.shape[1:3]
+    if spatial_dims(model) == 3:
+        where = (f"{len(data.volume_splits.get('train', []))} train volumes in patches of "
+                 f"{'x'.join(map(str, run.recipe.patch_size or ()))}")
+    else:
+        where = "x".join(map(str, data.item_size))
     return (f"{run.name}: {run.model}({run.model_kwargs or ''}), {params / 1e6:.2f}M parameters; {data.dataset} at "
-            f"{h}x{w}, {data.in_chans} input channel(s), {data.num_classes} classes; init: {run.init or 'none'}")
+            f"{where}, {data.in_chans} input channel(s), {data.num_classes} classes; init: {run.init or 'none'}")
 
 
 def train(p: Params, run: Run, device: torch.device, data: Prepared | None = None) -> pd.DataFrame:
@@ -207,7 +217,8 @@ def evaluate(p: Params, run: Run, device: torch.device,
     data = load_data(p, run) if data is None else data
     model, state = load_trained(run.checkpoints, run.recipe.test_checkpoint, device)
     logger.info("%s: %s checkpoint of epoch %d", run.name, run.recipe.test_checkpoint, state["epoch"] + 1)
-    per_case, preds = evaluate_split(model, data, "test", p.evaluate.batch_size, device)
+    window = SlidingWindow.of(run.recipe) if spatial_dims(model) == 3 else None
+    per_case, preds = evaluate_split(model, data, "test", p.evaluate.batch_size, device, window)
     return write_evaluation(run.evaluation, per_case, preds), per_case, preds
 
 

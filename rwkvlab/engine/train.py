@@ -41,26 +41,25 @@ import pandas as pd
 import torch
 from monai.utils import set_determinism
 from timm.layers import DropPath
-from timm.utils import distribute_bn
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rwkvlab.config import Recipe
-from rwkvlab.data.augment import TwoViews, batch_consistency_loss, train_transforms
+from rwkvlab.data.augment import TwoViews, batch_consistency_loss, patch_transforms, train_transforms
 from rwkvlab.data.cache import Prepared
-from rwkvlab.data.loader import SegArrays, as_float
-from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from rwkvlab.data.loader import SegArrays, VolumePatches, as_float
+from rwkvlab.engine import loop
+from rwkvlab.engine.checkpoint import save_checkpoint
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
-from rwkvlab.engine.inference import check_image_size
+from rwkvlab.engine.inference import SlidingWindow, check_image_size, spatial_dims
 from rwkvlab.engine.losses import seg_loss
+from rwkvlab.engine.loop import Task, average_batchnorm, run_epochs, wrap_ddp
 from rwkvlab.engine.pretrain import load_pretrained_encoder
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
-from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +90,21 @@ def _has_val(data: Prepared) -> bool:
     return bool(len(data.splits.get("val", [])) or data.volume_splits.get("val"))
 
 
-def _val_dsc(model: torch.nn.Module, data: Prepared, batch_size: int, device: torch.device) -> float:
+def _val_dsc(model: torch.nn.Module, data: Prepared, batch_size: int, device: torch.device,
+             window: SlidingWindow | None = None) -> float:
     """Mean DSC (%) over the validation cases with the test protocol (docs §7); NaN without a val split."""
     if not _has_val(data):
         return float("nan")
-    return summarize(evaluate_split(model, data, "val", batch_size, device)[0])["dsc"]
+    return summarize(evaluate_split(model, data, "val", batch_size, device, window)[0])["dsc"]
+
+
+def _median_spacing(data: Prepared, volume_ids: Iterable[str]) -> list[float] | None:
+    """The median voxel size (mm, D H W) of the listed volumes, the spacing a volumetric model was trained at;
+    ``None`` when one of them has none."""
+    spacings = [data.spacings.get(v) for v in volume_ids]
+    if not spacings or any(s is None for s in spacings):
+        return None
+    return np.median(np.array(spacings), axis=0).tolist()
 
 
 def model_kwargs_for(data: Prepared, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -142,15 +151,11 @@ def check_recipe(recipe: Recipe, world: int, device: torch.device) -> None:
                          f"unlabelled (a split of unlabelled images) or unlabelled_fraction (> 0)")
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW with the recipe's lr and weight decay; torch's fused kernel when ``fused_adamw`` and the device has one."""
-    kwargs = {"lr": recipe.lr, "weight_decay": recipe.weight_decay}
-    if recipe.fused_adamw:
-        try:
-            return torch.optim.AdamW(model.parameters(), **kwargs, fused=True)
-        except RuntimeError as err:  # no fused kernel for these parameters' device
-            logger.info("fused AdamW unavailable (%s); using the default implementation", err)
-    return torch.optim.AdamW(model.parameters(), **kwargs)
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The segmentation recipes' AdamW: the recipe's lr and weight decay on every parameter (torch's fused kernel when
+    ``fused_adamw`` and the device has one)."""
+    return loop.build_optimizer(model, recipe.lr, recipe.weight_decay, decay_norms_and_biases=True,
+                                fused=recipe.fused_adamw)
 
 
 def consistency_ramp(recipe: Recipe, progress: float) -> float:
@@ -325,6 +330,171 @@ def precise_bn(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
             m.drop_prob = rate
 
 
+class _Segmentation(Task):
+    """A segmentation training as the epoch loop runs it (the steps of the module docstring)."""
+
+    def __init__(self, model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, seed: int,
+                 device: torch.device, kwargs: dict[str, Any], init: Path | None, num_workers: int,
+                 history_csv: Path | None, labelled: np.ndarray, pool: np.ndarray) -> None:
+        self.name, self.data, self.recipe, self.run_dir, self.seed = model_name, data, recipe, run_dir, seed
+        self.device, self.kwargs, self.num_workers, self.history_csv, self.pool = (device, kwargs, num_workers,
+                                                                                    history_csv, pool)
+        self.rank, self.world = rank_world()
+        set_determinism(seed)
+        model = create_model(model_name, **kwargs)
+        self.window = SlidingWindow.of(recipe) if spatial_dims(model) == 3 else None
+        if self.window is None and recipe.patch_size is not None:
+            raise ValueError(f"recipe patch_size {list(recipe.patch_size)}: patches are for volumetric models "
+                             f"(docs §20); {model_name} is 2D and trains on the items at prepare.image_size")
+        if self.window is not None and recipe.consistency_weight > 0:
+            raise ValueError(f"recipe consistency_weight {recipe.consistency_weight}: the semi-supervised loop is 2D; "
+                             f"{model_name} is volumetric")
+        size = data.item_size if self.window is None else self.window.roi_size
+        check_image_size(model, size, f"prepare.image_size.{data.dataset}" if self.window is None
+                         else "recipe patch_size")
+        self.meta = {"dataset": data.dataset, "class_names": list(data.class_names), "image_size": list(size),
+                     "in_chans": data.in_chans,
+                     "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float"}
+        if self.window is not None:
+            self.meta.update(spatial_dims=3, sliding_window=asdict(self.window),
+                             spacing=_median_spacing(data, data.volume_splits.get("train", [])))
+        if init is not None:
+            load_pretrained_encoder(model, init)
+        if recipe.sync_bn and self.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device, memory_format=torch.channels_last if recipe.channels_last
+                              else torch.preserve_format)
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=recipe.epochs,
+                                                                    eta_min=recipe.min_lr)
+        self.loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
+        self.step_count, self.best, self.validations = 0, -1.0, []
+        self.train_data = replace(data, splits={**data.splits, "train": labelled})
+        if self.window is None:
+            self.transform = train_transforms(recipe.augment, size, seed)
+            self.train_set = SegArrays(self.train_data, "train", self.transform)
+            self.bn_set = SegArrays(self.train_data, "train")
+        else:
+            self.transform = patch_transforms(recipe.augment, size, recipe.foreground_fraction, seed)
+            self.train_set = VolumePatches(data, "train", recipe.patches_per_volume, self.transform)
+            # BatchNorm statistics of un-augmented patches, the same ones in every epoch
+            self.bn_set = VolumePatches(data, "train", recipe.patches_per_volume,
+                                        patch_transforms("none", size, recipe.foreground_fraction, seed))
+        self.views = TwoViews(seed) if recipe.consistency_weight > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step_count, "best_val_dsc": self.best,
+                "validations": self.validations, "model_name": self.name, "model_kwargs": self.kwargs,
+                "meta": self.meta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best, self.step_count = state["best_val_dsc"], state.get("step", 0)
+        self.validations = state.get("validations", [])
+
+    def begin(self, start: int) -> None:
+        # Per-rank BatchNorm statistics are averaged once per epoch, so no buffer is broadcast every step.
+        self.net = wrap_ddp(self.model, self.device, sync_buffers=False)
+        if self.recipe.compile:
+            self.net = torch.compile(self.net)
+        logger.info("training %s on %s: %d process(es), %s%s%s", self.name, self.data.dataset, self.world,
+                    self.recipe.precision, ", channels_last" if self.recipe.channels_last else "",
+                    ", compiled" if self.recipe.compile else "")
+
+    def _labelled(self, epoch: int, num_workers: int) -> DataLoader:
+        return _loader(self.train_set, self.recipe.batch_size, True, self.seed, epoch, num_workers, self.device)
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return len(self._labelled(epoch, 0))
+
+    def batches(self, epoch: int) -> Iterable[tuple[dict, dict | None]]:
+        epoch_seed = self.seed + epoch * self.world + self.rank
+        if self.transform is not None:
+            self.transform.set_random_state(epoch_seed)
+        loader = self._labelled(epoch, self.num_workers)
+        self.steps_in_epoch = len(loader)
+        unlabelled: Iterable[Any] = itertools.repeat(None)
+        if self.views is not None:
+            self.views.set_random_state(_stream_seed(epoch_seed, 2))
+            order = self.pool[unlabelled_order(len(self.pool), len(loader), self.recipe.batch_size, self.seed, epoch)]
+            unlabelled = _loader(_Views(self.data, order, self.views), self.recipe.batch_size, False, self.seed,
+                                 epoch, self.num_workers, self.device)
+        self.net.train()
+        return zip(loader, unlabelled)
+
+    def step(self, epoch: int, index: int, batch: tuple[dict, dict | None]) -> dict[str, float]:
+        labelled, views = batch
+        device, recipe, steps = self.device, self.recipe, self.steps_in_epoch
+        images, labels = as_float(labelled["image"].to(device)), labelled["label"].to(device).round().long()
+        if views is None:
+            loss, consistency = train_step(self.net, self.optimizer, self.loss_fn, images, labels, recipe), 0.0
+        else:
+            loss, consistency = semisup_step(
+                self.net, self.optimizer, self.loss_fn, images, labels, views["view1"].to(device),
+                views["view2"].to(device), views["geom1"], views["geom2"],
+                consistency_ramp(recipe, epoch + index / steps), recipe)
+        if not (math.isfinite(loss) and math.isfinite(consistency)):
+            kept = (f"{self.run_dir / 'last.pt'} keeps epoch {epoch}, the last good one" if epoch > 0 else
+                    "no checkpoint was written (the first epoch did not finish)")
+            what, value = ("training", loss) if not math.isfinite(loss) else ("consistency", consistency)
+            raise NonFiniteLossError(f"{self.name}: the {what} loss is {value} at epoch {epoch + 1}, step "
+                                     f"{index + 1} of {steps} (optimizer step {self.step_count + 1}); stopped. {kept}")
+        self.step_count += 1
+        if (recipe.val_every and self.step_count % recipe.val_every == 0 and index + 1 < steps
+                and _has_val(self.data)):
+            if self.rank == 0:
+                val_dsc = _val_dsc(self.model, self.data, recipe.batch_size, device, self.window)
+                self.validations.append({"epoch": epoch + 1, "step": self.step_count, "val_dsc": val_dsc})
+                logger.info("epoch %d, step %d: val DSC %.2f", epoch + 1, self.step_count, val_dsc)
+                if val_dsc > self.best:
+                    self.best = val_dsc
+                    save_checkpoint(self.run_dir / "best.pt", self.payload(epoch))
+                self.model.train()
+            barrier()
+        return {"loss": loss, "consistency": consistency}
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, Any]:
+        recipe, device = self.recipe, self.device
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if recipe.precise_bn:
+            if self.window is not None:
+                self.bn_set.transform.set_random_state(self.seed)
+            precise_bn((as_float(b["image"].to(device)) for b in _loader(
+                self.bn_set, recipe.batch_size, False, self.seed, epoch, self.num_workers, device)), self.model)
+        if not recipe.sync_bn:
+            average_batchnorm(self.model)
+        val_dsc = broadcast_from_main(_val_dsc(self.model, self.data, recipe.batch_size, device, self.window)
+                                      if self.rank == 0 else None)
+        row = {"lr": lr, "train_loss": float(np.mean([s["loss"] for s in steps])), "val_dsc": val_dsc,
+               "consistency": float(np.mean([s["consistency"] for s in steps]))}
+        self.validations.append({"epoch": epoch + 1, "step": self.step_count, "val_dsc": val_dsc})
+        logger.info("epoch %d: loss %.4f%s, val DSC %.2f", epoch + 1, row["train_loss"],
+                    f", consistency {row['consistency']:.4g}" if self.views is not None else "", val_dsc)
+        return row
+
+    def improved(self, row: dict[str, Any]) -> bool:
+        improved = math.isnan(row["val_dsc"]) or row["val_dsc"] > self.best
+        self.best = row["val_dsc"] if improved else self.best
+        return improved
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{row['train_loss']:.4f}", "val_dsc": f"{row['val_dsc']:.2f}"}
+
+    def save(self, payload: dict[str, Any], improved: bool) -> None:
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if improved:
+            atomic_write(self.run_dir / "best.pt", lambda f: shutil.copyfile(self.run_dir / "last.pt", f))
+
+    def write_reports(self, history: list[dict[str, Any]], final: bool) -> None:
+        if self.history_csv is not None:
+            frame = pd.DataFrame(history, columns=_HISTORY)
+            atomic_write(self.history_csv, lambda f: frame.to_csv(f, index=False))
+
+
 @keep_freed_memory()
 def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed: int,
         device: torch.device, model_kwargs: dict[str, Any] | None = None, init: Path | None = None,
@@ -334,7 +504,8 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
     Without a ``val`` split (Synapse: the paper tests the last epoch) ``best.pt`` is the last epoch. The
     checkpoints record the model's name and keyword arguments (``model_name``, ``model_kwargs``) and what
     inference needs (``meta``: image size, channels, intensity convention, class names), so
-    :func:`rwkvlab.engine.inference.load_trained` rebuilds the model from the checkpoint alone.
+    :func:`rwkvlab.engine.inference.load_trained` rebuilds the model from the checkpoint alone. The epochs are
+    :func:`rwkvlab.engine.loop.run_epochs` over a segmentation task.
 
     Under ``torchrun`` (an initialised process group) every rank calls this with its own device: DDP over
     the global batch ``recipe.batch_size``, the loss averaged over the ranks, BatchNorm statistics synced
@@ -363,8 +534,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
         NonFiniteLossError: the loss became NaN or infinite; ``last.pt`` keeps the last completed epoch.
         ValueError: see :func:`check_recipe` and :func:`unlabelled_pool`.
     """
-    rank, world = rank_world()
-    check_recipe(recipe, world, device)
+    check_recipe(recipe, rank_world()[1], device)
     run_dir = Path(run_dir)
     kwargs = model_kwargs_for(data, model_kwargs)
     labelled, pool = unlabelled_pool(data, recipe, seed)
@@ -373,122 +543,7 @@ def fit(model_name: str, data: Prepared, recipe: Recipe, run_dir: Path, *, seed:
     config: dict[str, Any] = {"model": model_name, "model_kwargs": kwargs, "recipe": asdict(recipe), "seed": seed,
                               "data": data_fingerprint(data), "init": str(init) if init else None,
                               "unlabelled_train": unlabelled_train}
-    meta = {"dataset": data.dataset, "class_names": list(data.class_names), "image_size": list(data.images.shape[1:3]),
-            "in_chans": data.in_chans, "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float"}
-    set_determinism(seed)
-    model = create_model(model_name, **kwargs)
-    check_image_size(model, data.images.shape[1:3], f"prepare.image_size.{data.dataset}")
-    if init is not None:
-        load_pretrained_encoder(model, init)
-    if recipe.sync_bn and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device, memory_format=torch.channels_last if recipe.channels_last else torch.preserve_format)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=recipe.min_lr)
-    loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
-    start, step, best, history, validations = 0, 0, -1.0, [], []
-
-    state = load_checkpoint(run_dir / "last.pt", config)
-    if state is not None:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best, history = state["epoch"] + 1, state["best_val_dsc"], state["history"]
-        step, validations = state.get("step", 0), state.get("validations", [])
-        logger.info("resuming %s from epoch %d", run_dir / "last.pt", start)
-    # Per-rank BatchNorm statistics are averaged once per epoch, so no buffer is broadcast every step.
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  forward_sync_buffers=False) if world > 1 else model
-    if recipe.compile:
-        net = torch.compile(net)
-    logger.info("training %s on %s: %d process(es), %s%s%s", model_name, data.dataset, world, recipe.precision,
-                ", channels_last" if recipe.channels_last else "", ", compiled" if recipe.compile else "")
-
-    def payload(epoch: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val_dsc": best,
-                "history": history, "validations": validations, "model_name": model_name, "model_kwargs": kwargs,
-                "meta": meta, "config": config, "git_revision": git_revision()}
-
-    transform = train_transforms(recipe.augment, data.images.shape[1:3], seed)
-    train_data = replace(data, splits={**data.splits, "train": labelled})
-    train_set = SegArrays(train_data, "train", transform)
-    semi = recipe.consistency_weight > 0
-    views = TwoViews(seed) if semi else None
-    end = recipe.epochs if stop_after is None else min(recipe.epochs, start + stop_after)
-    # One bar over every step of this call; the per-epoch numbers go to its postfix and to the log.
-    bar = Progress(total=(end - start) * len(_loader(train_set, recipe.batch_size, True, seed, start, 0, device)),
-                   desc=f"{model_name} epochs {start + 1}-{end}/{recipe.epochs}", unit="step", disable=rank != 0)
-    for epoch in range(start, end):
-        set_determinism(seed + epoch * world + rank)
-        if transform is not None:
-            transform.set_random_state(seed + epoch * world + rank)
-        loader = _loader(train_set, recipe.batch_size, True, seed, epoch, num_workers, device)
-        unlabelled = itertools.repeat(None)
-        if views is not None:
-            views.set_random_state(_stream_seed(seed + epoch * world + rank, 2))
-            order = pool[unlabelled_order(len(pool), len(loader), recipe.batch_size, seed, epoch)]
-            unlabelled = _loader(_Views(data, order, views), recipe.batch_size, False, seed, epoch, num_workers, device)
-        net.train()
-        losses, consistencies = [], []
-        for i, (batch, views_batch) in enumerate(zip(loader, unlabelled)):
-            images, labels = as_float(batch["image"].to(device)), batch["label"].to(device).round().long()
-            if views_batch is None:
-                loss, consistency = train_step(net, optimizer, loss_fn, images, labels, recipe), 0.0
-            else:
-                loss, consistency = semisup_step(
-                    net, optimizer, loss_fn, images, labels, views_batch["view1"].to(device),
-                    views_batch["view2"].to(device), views_batch["geom1"], views_batch["geom2"],
-                    consistency_ramp(recipe, epoch + i / len(loader)), recipe)
-            if not (math.isfinite(loss) and math.isfinite(consistency)):
-                kept = (f"{run_dir / 'last.pt'} keeps epoch {epoch}, the last good one" if epoch > 0 else
-                        "no checkpoint was written (the first epoch did not finish)")
-                what, value = ("training", loss) if not math.isfinite(loss) else ("consistency", consistency)
-                raise NonFiniteLossError(f"{model_name}: the {what} loss is {value} at epoch {epoch + 1}, step "
-                                         f"{i + 1} of {len(loader)} (optimizer step {step + 1}); stopped. {kept}")
-            step += 1
-            bar.update()
-            losses.append(loss)
-            consistencies.append(consistency)
-            if recipe.val_every and step % recipe.val_every == 0 and i + 1 < len(loader) and _has_val(data):
-                if rank == 0:
-                    val_dsc = _val_dsc(model, data, recipe.batch_size, device)
-                    validations.append({"epoch": epoch + 1, "step": step, "val_dsc": val_dsc})
-                    logger.info("epoch %d, step %d: val DSC %.2f", epoch + 1, step, val_dsc)
-                    if val_dsc > best:
-                        best = val_dsc
-                        save_checkpoint(run_dir / "best.pt", payload(epoch))
-                    model.train()
-                barrier()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if recipe.precise_bn:
-            precise_bn((as_float(b["image"].to(device)) for b in _loader(
-                SegArrays(train_data, "train"), recipe.batch_size, False, seed, epoch, num_workers, device)), model)
-        if world > 1 and not recipe.sync_bn:
-            distribute_bn(model, world, reduce=True)
-        val_dsc = broadcast_from_main(_val_dsc(model, data, recipe.batch_size, device) if rank == 0 else None)
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "val_dsc": val_dsc,
-                        "consistency": float(np.mean(consistencies))})
-        validations.append({"epoch": epoch + 1, "step": step, "val_dsc": val_dsc})
-        logger.info("epoch %d: loss %.4f%s, val DSC %.2f", epoch + 1, history[-1]["train_loss"],
-                    f", consistency {history[-1]['consistency']:.4g}" if semi else "", val_dsc)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['train_loss']:.4f}", val_dsc=f"{val_dsc:.2f}")
-        improved = math.isnan(val_dsc) or val_dsc > best
-        best = val_dsc if improved else best
-        if rank == 0:
-            save_checkpoint(run_dir / "last.pt", payload(epoch))
-            if improved:
-                atomic_write(run_dir / "best.pt", lambda f: shutil.copyfile(run_dir / "last.pt", f))
-            _write_history(history, history_csv)
-        barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
-    bar.close()
-    if rank == 0:
-        _write_history(history, history_csv)  # also when resuming a finished run
+    task = _Segmentation(model_name, data, recipe, run_dir, seed, device, kwargs, init, num_workers, history_csv,
+                         labelled, pool)
+    history = run_epochs(task, run_dir, config, epochs=recipe.epochs, seed=seed, stop_after=stop_after)
     return pd.DataFrame(history, columns=_HISTORY)
-
-
-def _write_history(history: list[dict], path: Path | None) -> None:
-    if path is not None:
-        frame = pd.DataFrame(history, columns=_HISTORY)
-        atomic_write(path, lambda f: frame.to_csv(f, index=False))

@@ -66,7 +66,7 @@ class Trained:
 
 
 def _complexity(run: runs.Run, data: Prepared) -> tuple[float, float]:
-    c = model_complexity(run.model, data.images.shape[1:3], data.num_classes, data.in_chans, **run.model_kwargs)
+    c = model_complexity(run.model, data.item_size, data.num_classes, data.in_chans, **run.model_kwargs)
     return c.params / 1e6, c.macs_g
 
 
