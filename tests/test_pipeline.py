@@ -23,7 +23,7 @@ MAX_OUTPUTS_PER_CELL = 8
 TINY = """
 base: {{seed: 0, device: cpu, data_dir: data, reports_dir: reports, checkpoints_dir: data/checkpoints}}
 prepare:
-  datasets: {{demo: {demo}, synapse_demo: synapse_demo, busi: raw/busi}}
+  datasets: {{demo: {demo}, synapse_demo: synapse_demo, busi: raw/busi, volume_demo: volume_demo}}
   image_size: {{demo: [32, 48], synapse_demo: [32, 32], busi: [32, 32]}}
   options: {{}}
   split_seeds: [0]
@@ -44,18 +44,23 @@ train:
   runs:
     demo-rwkv_unet_t: {{dataset: demo, model: rwkv_unet_t, recipe: demo}}
     synapse_demo-rwkv_unet_t: {{dataset: synapse_demo, model: rwkv_unet_t, recipe: synapse_demo}}
+    volume_demo-rwkv_unet3d_t: {{dataset: volume_demo, model: rwkv_unet3d_t, recipe: volume_demo,
+                                kwargs: {{strides: [[1, 2, 2], 2, 2, 2]}}}}
   run_defaults: {{kwargs: {{}}, seeds: [0], init: null}}
   num_workers: 0
   nproc: 1
   recipe_defaults: {{test_checkpoint: best, augment: light, precise_bn: false, init: null, precision: fp32,
                     channels_last: false, compile: false, fused_adamw: false, clip_grad: 0.0, val_every: 0,
                     sync_bn: false, consistency_weight: 0.0, consistency_rampup: 0, unlabelled: null,
-                    unlabelled_fraction: 0.0}}
+                    unlabelled_fraction: 0.0, patch_size: null, patches_per_volume: 1, foreground_fraction: 0.5,
+                    sw_overlap: 0.25, sw_mode: gaussian, sw_batch_size: 4}}
   recipes:
     demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
             dice_weight: 1.0, precise_bn: true}}
     synapse_demo: {{epochs: 1, batch_size: 16, lr: 1.0e-3, min_lr: 0.0, weight_decay: 1.0e-3, ce_weight: 0.5,
                     dice_weight: 0.5, test_checkpoint: last, augment: acdc}}
+    volume_demo: {{epochs: 1, batch_size: 2, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
+                   dice_weight: 1.0, augment: volume, precise_bn: true, patch_size: [16, 32, 32]}}
     ablate_demo: {{epochs: 1, batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-5, weight_decay: 1.0e-4, ce_weight: 0.5,
                    dice_weight: 1.0}}
 ablate:
@@ -132,8 +137,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     from rwkvlab.data.readers.synapse_demo import generate
 
     from rwkvlab.data.digits import write_digits
+    from rwkvlab.data.readers.volume_demo import generate3d
 
     generate(tmp_path / "synapse_demo", seed=0)
+    generate3d(tmp_path / "volume_demo", seed=0, n_cases=6, shape=(16, 32, 32))
     write_digits(tmp_path / "digits", train_per_class=3, val_per_class=2)
     (tmp_path / "raw" / "busi").mkdir(parents=True)  # an absent benchmark: reported and skipped
     params = tmp_path / "params.yaml"
@@ -150,9 +157,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     run("01_prepare_data", "01_demo", cwd=tmp_path, params_file=str(params), dataset="demo")
     run("01_prepare_data", "01_synapse_demo", dataset="synapse_demo")
     run("01_prepare_data", "01_busi", figures=False, dataset="busi")  # absent: skipped, nothing to draw
+    run("01_prepare_data", "01_volume_demo", dataset="volume_demo")
 
     def segmentation_runs():
-        for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
+        for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t", "volume_demo-rwkv_unet3d_t"):
             for nb in ("02_train", "03_evaluate"):
                 run(nb, f"{nb}_{name}", run=name)
         run("04_report", "04")
@@ -182,6 +190,12 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     volumes = json.loads((tmp_path / "data/splits/synapse_demo/seed0.json").read_text())["test"]
     per_case = (tmp_path / "reports/evaluate/synapse_demo-rwkv_unet_t/seeds/seed0/per_case.csv").read_text()
     assert all(v in per_case for v in volumes), "synapse_demo is scored per volume"
+    volume_cases = pd.read_csv(tmp_path / "reports/evaluate/volume_demo-rwkv_unet3d_t/seeds/seed0/per_case.csv")
+    test_volumes = json.loads((tmp_path / "data/splits/volume_demo/seed0.json").read_text())["test"]
+    assert set(volume_cases["case"]) == set(test_volumes) and volume_cases["hd95_mm"].notna().all()
+    for out in ["reports/comparison/runs_volume_demo.md", "reports/comparison/chart_volume_demo.png",
+                "reports/figures/volume_slices_volume_demo.png"]:
+        assert (tmp_path / out).is_file(), out
     assert "skipped" in (tmp_path / "reports/datasets/busi/card.md").read_text()
     for out in ["data/prepared/demo/cache.h5", "data/splits/demo/seed0.json", "reports/datasets/demo/card.md",
                 "reports/datasets/synapse_demo/montage.png", "reports/train/demo-rwkv_unet_t/seed0/history.csv",
@@ -191,7 +205,8 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
         assert (tmp_path / out).is_file(), out
     assert "SYNTHETIC" in (tmp_path / "reports/results.md").read_text()
     results = pd.read_csv(tmp_path / "reports/results.csv")
-    assert list(results["run"]) == ["demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"] and set(results["seeds"]) == {1}
+    assert list(results["run"]) == ["demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t", "volume_demo-rwkv_unet3d_t"]
+    assert set(results["seeds"]) == {1}
     assert results["source"].str.endswith("metrics.json").all()
     for out in ["binary", "table3", "table4", "table5", "runs_demo", "runs_synapse_demo", "baseline_complexity"]:
         assert (tmp_path / f"reports/comparison/{out}.md").is_file(), out

@@ -88,11 +88,15 @@ def test_the_paper_profile_is_the_papers_study(paper):
     p = config.load(params)
     assert p.train.recipe("fugc").consistency_weight > 0 and p.train.recipe("fugc").unlabelled == "unlabelled"
     expected = {f"{d}-{m}" for d in TABLES_3_5 + BINARY for m in MODELS}
-    assert set(p.train.runs) == expected and len(expected) == 99
+    volumetric = {f"synapse_3d-{m}" for m in ("rwkv_unet3d_t", "unet3d", "swin_unetr3d")}  # docs §20, beyond the paper
+    assert set(p.train.runs) == expected | volumetric and len(expected) == 99
+    assert all(p.train.recipe(p.train.runs[r].recipe).patch_size for r in volumetric)
     for name, run in p.train.runs.items():
         # RWKV-UNet-T on Synapse trains at batch 32 (paper §4.2): its own recipe
         recipe = "synapse_t" if name == "synapse-rwkv_unet_t" else run.dataset
-        assert name == f"{run.dataset}-{run.model}" and run.recipe == recipe and run.kwargs == {}
+        # the volumetric RWKV-UNet keeps the thick CT slices in its first stage (docs §20)
+        kwargs = {"strides": [[1, 2, 2], 2, 2, 2]} if name == "synapse_3d-rwkv_unet3d_t" else {}
+        assert name == f"{run.dataset}-{run.model}" and run.recipe == recipe and run.kwargs == kwargs
         assert run.seeds == ((0, 1, 2) if run.dataset in THREE_SPLITS else (0,)), name
         # as in the paper, every RWKV-UNet starts from the ImageNet-pretrained encoder of its size
         expected_init = f"pretrain/{run.model.replace('unet', 'enc')}" if run.model.startswith("rwkv_unet_") else None

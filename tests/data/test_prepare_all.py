@@ -21,8 +21,13 @@ FIXTURES = {
 }
 
 
+# readers of volumes only, whose validate -> prepare -> load path tests/data/test_volumes3d.py covers
+VOLUME_READERS = {"volume_demo", "msd", "synapse_3d", "acdc_3d"}
+
+
 def test_every_registered_paper_dataset_has_a_fixture():
-    assert set(READERS) - {"demo", "synapse_demo"} == set(FIXTURES)  # registered on import, before any get_reader
+    # registered on import, before any get_reader
+    assert set(READERS) - {"demo", "synapse_demo"} - VOLUME_READERS == set(FIXTURES)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
