@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from rwkvlab.data.cache import Prepared
 from rwkvlab.io import atomic_write
 
-__all__ = ["overlay_figure", "overlay_cases", "case_view", "draw_outlines", "dataset_montage", "save_figure",
+__all__ = ["overlay_figure", "overlay_cases", "volume_slices", "case_view", "draw_outlines", "dataset_montage", "save_figure",
            "new_figure", "label_points"]
 
 
@@ -162,6 +162,37 @@ def overlay_cases(data: Prepared, preds: Mapping[str, np.ndarray], per_case: pd.
         titles.append(f"{cid_title} · DSC {100 * dsc[cid]:.1f}")
     fig = overlay_figure(images, gts, outs, titles, data.num_classes)
     fig.suptitle(f"{title}\n{data.description}\nground truth (green), prediction (red)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def volume_slices(data: Prepared, case: str, preds: Mapping[str, np.ndarray], n: int = 6) -> Figure:
+    """Slices of one test volume across its depth: one row per model (prediction in red), ground truth in green.
+
+    The ``n`` slices are spread evenly over those that hold foreground, so the figure shows how each model's
+    label map holds together along the slice axis, which one slice (:func:`overlay_cases`) cannot.
+
+    Args:
+        preds: model (row title) -> its (D, H, W) label map of ``case``.
+    """
+    image, gt = data.volumes[case]
+    depth = np.flatnonzero((gt > 0).any(axis=(1, 2)))
+    depth = depth if len(depth) else np.arange(len(gt))
+    zs = depth[np.linspace(0, len(depth) - 1, min(n, len(depth))).round().astype(int)]
+    fig, axes = new_figure(len(preds), len(zs), (2.0 * len(zs), 2.1 * len(preds)), squeeze=False)
+    for row, (name, pred) in zip(axes, preds.items()):
+        for ax, z in zip(row, zs):
+            ax.imshow(image[z], cmap="gray", vmin=0, vmax=1)
+            draw_outlines(ax, gt[z], "lime", data.num_classes)
+            draw_outlines(ax, pred[z], "red", data.num_classes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"z={z}", fontsize=7)
+        row[0].set_ylabel(name, fontsize=7)
+    spacing = data.spacings.get(case)
+    fig.suptitle(f"{case}: {len(zs)} slices across its depth"
+                 + (f" (voxel {' x '.join(f'{v:g}' for v in spacing)} mm)" if spacing else "")
+                 + "; ground truth (green), prediction (red)", fontsize=9)
     fig.tight_layout()
     return fig
 
