@@ -153,19 +153,29 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
 
     counter = _Counter()
     params = sum(p.numel() for p in model.parameters())
-    meta = copy.deepcopy(model).to("meta").eval()  # shapes only; the caller's weights stay
+    tensors = [*model.parameters(), *model.buffers()]
+    # shapes only; the caller's weights stay (a model built on meta has none: no copy, its hooks removed after)
+    on_meta = bool(tensors) and all(t.is_meta for t in tensors)
+    meta = model if on_meta else copy.deepcopy(model).to("meta")
+    training = meta.training
+    meta.eval()
+    hooks = []
     for module in meta.modules():
-        module.register_forward_hook(counter.book)
+        hooks.append(module.register_forward_hook(counter.book))
         if isinstance(module, nn.Linear) or callable(getattr(module, "extra_macs", None)):
-            module.register_forward_pre_hook(counter.enter)
-            module.register_forward_hook(counter.leave)
+            hooks += [module.register_forward_pre_hook(counter.enter), module.register_forward_hook(counter.leave)]
         if isinstance(module, SelectiveSSM):
             # The paper's Bi-Mamba row matches only without x_proj and dt_proj (measured: -0.6% vs +8.0% with
             # them): its counter did not see the projections that feed the scan.
-            module.register_forward_pre_hook(lambda *_: setattr(counter, "ssm", counter.ssm + 1))
-            module.register_forward_hook(lambda *_: setattr(counter, "ssm", counter.ssm - 1))
-    with torch.no_grad(), counter:
-        meta(torch.zeros(*input_shape, device="meta"))
+            hooks += [module.register_forward_pre_hook(lambda *_: setattr(counter, "ssm", counter.ssm + 1)),
+                      module.register_forward_hook(lambda *_: setattr(counter, "ssm", counter.ssm - 1))]
+    try:
+        with torch.no_grad(), counter:
+            meta(torch.zeros(*input_shape, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        meta.train(training)
     return Complexity(params=params, macs=dict(counter.macs))
 
 
