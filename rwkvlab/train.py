@@ -3,7 +3,9 @@
     python -m rwkvlab.train --run NAME [--seed K] [--params params.yaml] [--set key=value ...] [--nproc N]
         [--no-evaluate]
     python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--seed K] ...
-    torchrun --nproc_per_node=N -m rwkvlab.train ...      # DDP: N processes (gloo on CPU, nccl on CUDA)
+    torchrun --nproc_per_node=N -m rwkvlab.train --run-name NAME ...  # DDP: N processes (gloo on CPU, nccl on CUDA)
+
+Under ``torchrun`` spell ``--run`` as ``--run-name``: torchrun takes any ``--run...`` for its own ``--run-path``.
 
 ``--run`` trains a configured run of ``train.runs`` (the stage ``train@<name>``): each of its split seeds in
 turn, or only ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]`` on
@@ -85,7 +87,7 @@ def _selection_args(seed: int, run: str | None, dataset: str | None, model: str 
                     recipe: str | None) -> list[str]:
     """The command-line arguments that select the same run and seed (for the torchrun children)."""
     if run is not None:
-        return ["--run", run, "--seed", str(seed)]
+        return ["--run-name", run, "--seed", str(seed)]
     return ["--dataset", str(dataset), "--model", str(model), "--seed", str(seed),
             *(["--variant", variant] if variant else []), *(["--recipe", recipe] if recipe else [])]
 
@@ -142,7 +144,8 @@ def _train_as_rank(p: config.Params, run: runs.Run) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="a configured run of train.runs (the stage train@<run>)")
+    # --run-name: the spelling torchrun lets through (it reads any --run... as an abbreviation of its --run-path)
+    parser.add_argument("--run", "--run-name", dest="run", help="a configured run of train.runs (the stage train@<run>)")
     parser.add_argument("--dataset", help="ad-hoc run: a dataset of prepare.datasets")
     parser.add_argument("--model", help="ad-hoc run: a registered model, e.g. rwkv_unet_t")
     parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")

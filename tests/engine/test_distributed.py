@@ -153,7 +153,7 @@ def test_a_stopped_two_process_run_resumes_on_two_or_one_processes(data, tmp_pat
 @pytest.mark.parametrize("selection, expected", [
     ({"dataset": "demo", "model": "rwkv_unet_t", "variant": "attn_none", "seed": 0},
      ["--dataset", "demo", "--model", "rwkv_unet_t", "--seed", "0", "--variant", "attn_none"]),
-    ({"run": "demo-rwkv_unet_t", "seed": 0}, ["--run", "demo-rwkv_unet_t", "--seed", "0"]),
+    ({"run": "demo-rwkv_unet_t", "seed": 0}, ["--run-name", "demo-rwkv_unet_t", "--seed", "0"]),
 ])
 def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, selection, expected):
     overrides = {"base.reports_dir": str(tmp_path / "reports"), "base.checkpoints_dir": str(tmp_path / "ck"),
@@ -225,3 +225,15 @@ def test_command_line_errors_are_one_message(args, message, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("run", ["demo-rwkv_unet_t", None])
+def test_torchrun_passes_the_selection_to_the_script(run):
+    # torchrun's own parser reads an abbreviation of its options anywhere, e.g. --run as --run-path
+    from torch.distributed.run import get_args_parser
+
+    from rwkvlab.train import _selection_args
+
+    args = _selection_args(0, run, "demo", "rwkv_unet_t", None, None)
+    parsed = get_args_parser().parse_args(torchrun_command(2, "rwkvlab.train", args)[3:])
+    assert parsed.module and parsed.training_script == "rwkvlab.train" and parsed.training_script_args == args
