@@ -76,16 +76,26 @@ class ACDC(ArrayFileReader):
     """
     published = {"train": "the slices of 70 patients", "val": "20 volumes", "test": "40 volumes"}  # 2 frames each
 
+    def _nifti_layout(self, problems: list[str]) -> tuple[bool, Path | None]:
+        """Whether the root holds the NIfTI release, and its folder; ``None`` (a problem appended) when the root
+        also holds another layout."""
+        nifti = [d for d in _NIFTI if (self.root / d).is_dir()]
+        if not nifti:
+            return False, None
+        found = [d for d in (*_WSL4MIS, "data") if (self.root / d).is_dir()] + nifti
+        if len(found) > 1:
+            problems.append(f"{self.root}: holds {', '.join(f'{d}/' for d in found)}; keep one layout")
+            return True, None
+        return True, self.root / nifti[0]
+
     def scan(self, problems: list[str]) -> list[Case]:
         if not self.require_dirs(problems, self.root):
             return []
-        nifti = [d for d in _NIFTI if (self.root / d).is_dir()]
-        if nifti:
-            found = [d for d in (*_WSL4MIS, "data") if (self.root / d).is_dir()] + nifti
-            if len(found) > 1:
-                problems.append(f"{self.root}: holds {', '.join(f'{d}/' for d in found)}; keep one layout")
+        is_nifti, folder = self._nifti_layout(problems)
+        if is_nifti:
+            if folder is None:
                 return []
-            cases = self._scan_nifti(problems, self.root / nifti[0])
+            cases = self._scan_nifti(problems, folder)
             log_counts(self, cases, self.published)
             return cases
         folders = self._folders(problems)

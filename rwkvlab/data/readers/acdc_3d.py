@@ -18,7 +18,7 @@ from typing import Sequence
 from rwkvlab.data._base import DataError
 from rwkvlab.data.reader import Case, Sample, register_reader
 from rwkvlab.data.readers._multiclass import log_counts
-from rwkvlab.data.readers.acdc import _NIFTI, _SLICE_INDEX, _WSL4MIS, ACDC, patient_split
+from rwkvlab.data.readers.acdc import _SLICE_INDEX, ACDC, patient_split
 from rwkvlab.data.readers.msd import resample_volume, target_spacing_option
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,11 @@ class ACDC3D(ACDC):
     def scan(self, problems: list[str]) -> list[Case]:
         if not self.require_dirs(problems, self.root):
             return []
-        nifti = [d for d in _NIFTI if (self.root / d).is_dir()]
-        if nifti:
-            found = [d for d in (*_WSL4MIS, "data") if (self.root / d).is_dir()] + nifti
-            if len(found) > 1:
-                problems.append(f"{self.root}: holds {', '.join(f'{d}/' for d in found)}; keep one layout")
+        is_nifti, folder = self._nifti_layout(problems)
+        if is_nifti:
+            if folder is None:
                 return []
-            cases = _as_volumes(self._scan_nifti(problems, self.root / nifti[0]))
+            cases = _as_volumes(self._scan_nifti(problems, folder))
         else:
             folders = self._folders(problems)
             if folders is None:
