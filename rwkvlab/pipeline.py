@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import re
 import sys
@@ -81,7 +82,10 @@ def _getattr_nodes(tree: ast.Module) -> set[int]:
             for sub in ast.walk(node)}
 
 
-def _imports(source: str, module: str, is_package: bool, root: Path = ROOT) -> set[str]:
+# cached on the source text: every stage's closure walks the same modules (check: 4 s -> 0.6 s); a process is
+# assumed not to add or remove modules between calls
+@functools.lru_cache(maxsize=None)
+def _imports(source: str, module: str, is_package: bool, root: Path = ROOT) -> frozenset[str]:
     """Our modules that ``source`` (the code of ``module``) imports or starts by name."""
     tree = ast.parse(source)
     skip = _getattr_nodes(tree)
@@ -115,16 +119,17 @@ def _imports(source: str, module: str, is_package: bool, root: Path = ROOT) -> s
         folder = root.joinpath(*module.split("."))
         found.update(f"{module}.{f.stem}" for f in folder.glob("*.py") if f.stem not in ("__init__", "__main__"))
         found.update(f"{module}.{d.name}" for d in folder.iterdir() if (d / "__init__.py").is_file())
-    return {m for m in found if m.split(".")[0] == PACKAGE and _file(m, root) is not None}
+    return frozenset(m for m in found if m.split(".")[0] == PACKAGE and _file(m, root) is not None)
 
 
-def _data_folders(module: str, source: str, root: Path = ROOT) -> set[Path]:
+@functools.lru_cache(maxsize=None)
+def _data_folders(module: str, source: str, root: Path = ROOT) -> frozenset[Path]:
     """Folders of data (no ``__init__.py``) inside ``module``'s package that it names in a string."""
     path = _file(module, root)
     folder = path.parent
     names = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    return {d for d in folder.iterdir() if d.is_dir() and d.name in names and not (d / "__init__.py").exists()
-            and d.name != "__pycache__"}
+    return frozenset(d for d in folder.iterdir() if d.is_dir() and d.name in names
+                     and not (d / "__init__.py").exists() and d.name != "__pycache__")
 
 
 def _notebook_source(path: Path) -> str:
