@@ -1,22 +1,23 @@
 """Command line for training, the same runs as the train stage (``rwkvlab.engine.runs``)::
 
-    python -m rwkvlab.train --run NAME [--seed K] [--params params.yaml] [--set key=value ...] [--nproc N]
+    python -m rwkvlab.train --run NAME [--seed K [K ...]] [--params params.yaml] [--set key=value ...] [--nproc N]
         [--no-evaluate]
-    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--seed K] ...
+    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--seed K [K ...]] ...
     torchrun --nproc_per_node=N -m rwkvlab.train --run-name NAME ...  # DDP: N processes (gloo on CPU, nccl on CUDA)
 
 Under ``torchrun`` spell ``--run`` as ``--run-name``: torchrun takes any ``--run...`` for its own ``--run-path``.
 
 ``--run`` trains a configured run of ``train.runs`` (the stage ``train@<name>``): each of its split seeds in
-turn, or only ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]`` on
-split ``--seed`` (default 0) with the recipe ``--recipe`` (default: the dataset's name); ``--variant``
+turn, or only those of ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]``
+on the splits ``--seed`` (default 0) with the recipe ``--recipe`` (default: the dataset's name); ``--variant``
 applies an ablation variant's model settings and recipe fields. ``--set`` replaces a dotted key of the
 params file (the value is read as YAML), e.g. ``--set train.recipes.demo.epochs=2 --set
 train.recipes.demo.precision=bf16``. Without ``torchrun``, ``--nproc`` (default ``train.nproc``) above 1
 starts ``torchrun --nproc_per_node=N -m rwkvlab.train`` itself, one job per seed. After training, the
-checkpoint the recipe names is scored on the test split (``runs.evaluate``) and printed as JSON; for every
-seed of a ``--run``, the run's summary over its seeds (``runs.summarize_seeds``: mean and sample std) is
-written and printed instead. ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate
+checkpoint the recipe names is scored on the test split (``runs.evaluate``) and printed as JSON; for more
+than one seed of an ad-hoc run, and for every seed of a ``--run`` (its default), the summary over them
+(``runs.summarize_seeds``: mean and sample std) is written to ``reports/evaluate/<name>/metrics.json`` and
+printed instead. ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate
 stage's).
 """
 
@@ -150,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="ad-hoc run: a registered model, e.g. rwkv_unet_t")
     parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")
     parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the dataset's name)")
-    parser.add_argument("--seed", type=int, help="split seed (default: every seed of --run; 0 for an ad-hoc run)")
+    parser.add_argument("--seed", type=int, nargs="+", help="split seeds, trained in turn (default: every seed of "
+                        "--run; 0 for an ad-hoc run)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params file; default: the project's params.yaml above the working directory")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -169,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("give --run NAME (a run of train.runs) or both --dataset and --model")
         overrides = parse_overrides(args.set)
         p = config.load(args.params, **overrides)
-        seeds = ([args.seed] if args.seed is not None else
+        seeds = (args.seed if args.seed is not None else
                  list(p.train.run(args.run).seeds) if args.run is not None else [0])
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seed: {seeds} names a seed twice")
         chosen = [_run(p, seed, args.run, args.dataset, args.model, args.variant, args.recipe) for seed in seeds]
         for run in chosen:  # every seed checked above, before any trains
             if under_torchrun():
@@ -185,9 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             summaries = [runs.evaluate(p, run, device)[0] for run in chosen]
             if args.run is not None and args.seed is None:
                 print(json.dumps({"run": args.run, **runs.summarize_seeds(p, args.run)}, indent=2))
+            elif args.run is None and len(chosen) > 1:  # an ad-hoc run's summary; a configured run's is its stage's
+                run = chosen[0]
+                name = run.name.rpartition("/")[0]
+                settings = {"dataset": run.dataset, "model": run.model, "kwargs": run.model_kwargs,
+                            "recipe": args.recipe or args.dataset, "variant": args.variant}
+                print(json.dumps({"run": name, **runs.summarize_seeds(p, name, seeds, settings)}, indent=2))
             else:
-                print(json.dumps({"run": chosen[0].name, "checkpoint": chosen[0].recipe.test_checkpoint,
-                                  **summaries[0]}, indent=2))
+                results = [{"run": run.name, "checkpoint": run.recipe.test_checkpoint, **summary}
+                           for run, summary in zip(chosen, summaries)]
+                print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:  # DataError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

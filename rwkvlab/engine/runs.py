@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -222,9 +222,15 @@ def evaluate(p: Params, run: Run, device: torch.device,
     return write_evaluation(run.evaluation, per_case, preds), per_case, preds
 
 
-def summarize_seeds(p: Params, name: str) -> dict[str, Any]:
-    """Combine the per-seed test metrics of ``train.runs.<name>`` into its summary and write it atomically to
-    :func:`rwkvlab.paths.summary_file` (the evaluate stage's DVC metrics).
+def summarize_seeds(p: Params, name: str, seeds: Sequence[int] | None = None,
+                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Combine the per-seed test metrics of the run ``name`` into its summary and write it atomically to
+    :func:`rwkvlab.paths.summary_file` (for ``train.runs.<name>``, the evaluate stage's DVC metrics).
+
+    Args:
+        seeds: the split seeds to combine; default every seed of ``train.runs.<name>``.
+        settings: what the run is (``dataset``, ``model``, ``kwargs``, ``recipe``) for an ad-hoc run; default
+            ``train.runs.<name>``'s.
 
     Returns:
         ``{"dataset", "model", "kwargs", "recipe", "seeds", "n_seeds", "mean", "std", "per_seed"}``: ``mean`` and
@@ -236,23 +242,26 @@ def summarize_seeds(p: Params, name: str) -> dict[str, Any]:
         FileNotFoundError: a seed has not been evaluated.
         ValueError: the seeds' metric files name different metrics.
     """
-    configured = p.train.run(name)
+    if seeds is None or settings is None:
+        configured = p.train.run(name)
+        seeds = list(configured.seeds) if seeds is None else list(seeds)
+        settings = settings or {"dataset": configured.dataset, "model": configured.model,
+                                "kwargs": dict(configured.kwargs), "recipe": configured.recipe}
     per_seed: dict[str, dict[str, float]] = {}
-    for seed in configured.seeds:
+    for seed in seeds:
         file = paths.eval_dir(p, name, seed) / "metrics.json"
         if not file.is_file():
             raise FileNotFoundError(f"{file}: seed {seed} of run {name!r} is not evaluated (evaluate stage, "
                                     f"notebook 03_evaluate)")
         per_seed[str(seed)] = json.loads(file.read_text())
-    metrics = list(per_seed[str(configured.seeds[0])])
+    metrics = list(per_seed[str(seeds[0])])
     for seed, values in per_seed.items():
         if sorted(values) != sorted(metrics):
             raise ValueError(f"{paths.eval_dir(p, name, int(seed)) / 'metrics.json'} has metrics {sorted(values)}, "
-                             f"seed {configured.seeds[0]} has {sorted(metrics)}")
-    table = np.array([[per_seed[str(s)][m] for m in metrics] for s in configured.seeds], dtype=np.float64)
+                             f"seed {seeds[0]} has {sorted(metrics)}")
+    table = np.array([[per_seed[str(s)][m] for m in metrics] for s in seeds], dtype=np.float64)
     std = table.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(metrics))
-    summary = {"dataset": configured.dataset, "model": configured.model, "kwargs": dict(configured.kwargs),
-               "recipe": configured.recipe, "seeds": list(configured.seeds), "n_seeds": len(configured.seeds),
+    summary = {**settings, "seeds": list(seeds), "n_seeds": len(seeds),
                "mean": dict(zip(metrics, table.mean(axis=0).tolist())), "std": dict(zip(metrics, std.tolist())),
                "per_seed": per_seed}
     text = json.dumps(summary, indent=2) + "\n"

@@ -2,6 +2,7 @@
 2-process run resumes on two processes (as if never stopped) or on one, the launch decision and the command
 line's messages."""
 
+import json
 import os
 from pathlib import Path
 import re
@@ -194,6 +195,33 @@ def test_a_configured_run_trains_each_seed(tmp_path, monkeypatch):
     assert [r.split_seed for r in trained[2:]] == [0]
 
 
+def test_an_ad_hoc_run_on_several_seeds_prints_and_writes_their_mean_and_sample_std(tmp_path, monkeypatch, capsys):
+    import statistics
+
+    scores = {0: 60.0, 1: 64.0, 2: 71.0}
+    trained = []
+
+    def fake_evaluate(p, run, device, data=None):  # what runs.evaluate leaves: the seed's metrics file
+        run.evaluation.mkdir(parents=True)
+        metrics = {"dsc": scores[run.split_seed], "hd95": 10.0 + run.split_seed}
+        (run.evaluation / "metrics.json").write_text(json.dumps(metrics))
+        return metrics, None, None
+
+    monkeypatch.setattr(cli.runs, "train", lambda p, run, device, data=None: trained.append(run.split_seed))
+    monkeypatch.setattr(cli.runs, "evaluate", fake_evaluate)
+    sets = ["--set", f"base.checkpoints_dir={tmp_path / 'ck'}", "--set", f"base.reports_dir={tmp_path / 'rep'}"]
+    assert cli.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--variant", "initnorm_vrwkv_pre",
+                     "--recipe", "ablate_demo", "--seed", "0", "1", "2", *sets]) == 0
+    assert trained == [0, 1, 2]
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "rep/evaluate/demo-rwkv_unet_t-initnorm_vrwkv_pre/metrics.json").read_text())
+    assert printed == {"run": "demo-rwkv_unet_t-initnorm_vrwkv_pre", **written}
+    assert written["mean"]["dsc"] == pytest.approx(statistics.mean(scores.values()))
+    assert written["std"]["dsc"] == pytest.approx(statistics.stdev(scores.values()))
+    assert written["seeds"] == [0, 1, 2] and written["variant"] == "initnorm_vrwkv_pre"
+    assert written["kwargs"] == {"wkv_init": "vrwkv", "norm": "pre"} and written["recipe"] == "ablate_demo"
+
+
 def test_overrides_are_read_as_yaml():
     assert cli.parse_overrides(["a.b=2", "c=1.0e-3", "d=[x, 3]", "e=null", "f=bf16", "g=true"]) == {
         "a.b": 2, "c": 1e-3, "d": ["x", 3], "e": None, "f": "bf16", "g": True}
@@ -203,6 +231,7 @@ def test_overrides_are_read_as_yaml():
     (["--dataset", "nowhere", "--model", "rwkv_unet_t"], r"--dataset: no recipe train\.recipes\.nowhere"),
     (["--dataset", "demo", "--model", "unet", "--recipe", "nope"], r"--recipe: no recipe train\.recipes\.nope"),
     (["--dataset", "demo", "--model", "unet", "--seed", "9"], r"--seed: 9 is not one of prepare\.split_seeds"),
+    (["--dataset", "demo", "--model", "unet", "--seed", "1", "1"], r"--seed: \[1, 1\] names a seed twice"),
     (["--dataset", "demo", "--model", "swin_unet", "--recipe", "demo_semi"],
      r"'demo-swin_unet' is also a configured run .* --run demo-swin_unet"),
     (["--run", "demo-nope"], r"train\.runs has no run 'demo-nope'; runs: demo-rwkv_unet_t, "),
