@@ -82,8 +82,9 @@ TABLE_NOTES = {
            "every spatial mix is a position-blind global pooling at init), vrwkv = Vision-RWKV's graded decay, first "
            "and token-shift ratios. norm: post = x + LN(mix(x)) (the release), pre = x + mix(LN(x)) (the paper's "
            "equations). Each setting from scratch (scratch-100) and from the pretrained encoder (pretrained-30, "
-           "whose weights replace the initial decay/first/mu). One split seed per row in this study: read "
-           "differences of a few DSC points on the demo as noise."),
+           "whose weights replace the initial decay/first/mu). One split seed per row in this study (its time "
+           "budget); over the three splits (docs §17: python -m rwkvlab.train --variant <row> --seed 0 1 2) the "
+           "demo's spread across splits is larger than the gaps between these rows."),
     "7": ("Demo form of Table 7: pre_digits starts from the encoder pretrained by the pretrain stage on MNIST "
           "digits (not ImageNet-1K); pre_none from scratch, same epochs."),
 }
