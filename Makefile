@@ -9,9 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# --no-compile: byte-compiling all 16,500 installed modules (torch, sympy, jupyter...) costs about a minute;
-	# Python compiles the few thousand the study imports on first use and caches them
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The notebooks run on kernel "python3"; register this venv's interpreter under that name.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rwkvlab)"
 	touch $(STAMP)
