@@ -90,9 +90,8 @@ def test_models_within_one_percent_of_the_paper(table):
 
 
 def test_every_ablation_cell_within_three_percent(table):
-    printed = table.dropna(subset=["paper_flops_g"])
-    assert len(printed) >= 25
-    for name, row in printed.iterrows():
+    assert len(table) >= 25
+    for name, row in table.iterrows():
         if name in UNREACHABLE:
             assert abs(row["rel_diff"]) > 0.03, f"{name} now matches: remove it from UNREACHABLE and the note"
         else:

@@ -228,9 +228,8 @@ def summarize_seeds(p: Params, name: str, seeds: Sequence[int] | None = None,
     :func:`rwkvlab.paths.summary_file` (for ``train.runs.<name>``, the evaluate stage's DVC metrics).
 
     Args:
-        seeds: the split seeds to combine; default every seed of ``train.runs.<name>``.
-        settings: what the run is (``dataset``, ``model``, ``kwargs``, ``recipe``) for an ad-hoc run; default
-            ``train.runs.<name>``'s.
+        seeds, settings: an ad-hoc run's split seeds and what it is (``dataset``, ``model``, ``kwargs``,
+            ``recipe``), given together; neither for ``train.runs.<name>``, whose own are used.
 
     Returns:
         ``{"dataset", "model", "kwargs", "recipe", "seeds", "n_seeds", "mean", "std", "per_seed"}``: ``mean`` and
@@ -242,11 +241,13 @@ def summarize_seeds(p: Params, name: str, seeds: Sequence[int] | None = None,
         FileNotFoundError: a seed has not been evaluated.
         ValueError: the seeds' metric files name different metrics.
     """
-    if seeds is None or settings is None:
+    if (seeds is None) != (settings is None):
+        raise ValueError("summarize_seeds: give an ad-hoc run's seeds and settings together, or neither")
+    if settings is None:
         configured = p.train.run(name)
-        seeds = list(configured.seeds) if seeds is None else list(seeds)
-        settings = settings or {"dataset": configured.dataset, "model": configured.model,
-                                "kwargs": dict(configured.kwargs), "recipe": configured.recipe}
+        seeds = list(configured.seeds)
+        settings = {"dataset": configured.dataset, "model": configured.model, "kwargs": dict(configured.kwargs),
+                    "recipe": configured.recipe}
     per_seed: dict[str, dict[str, float]] = {}
     for seed in seeds:
         file = paths.eval_dir(p, name, seed) / "metrics.json"
