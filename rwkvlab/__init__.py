@@ -3,7 +3,7 @@
 import importlib
 from typing import Any
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "list_models", "load_model"]
 __version__ = "0.1.0"
 
 

@@ -8,7 +8,6 @@ intensity convention the checkpoint was trained with, and predicts them at any s
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -25,12 +24,12 @@ from rwkvlab.data.cache import resize_image, resize_label
 from rwkvlab.data.loader import to_tensor
 from rwkvlab.data.readers._multiclass import read_arrays, unit_image
 from rwkvlab.engine.checkpoint import load_checkpoint
-from rwkvlab.models import create_model
+from rwkvlab.models import model_from_checkpoint, read_checkpoint
 from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "spatial_dims", "check_image_size", "SlidingWindow", "predict_volume_3d", "model_from_checkpoint", "load_trained", "predict", "predict_volume",
+__all__ = ["resolve_device", "spatial_dims", "check_image_size", "SlidingWindow", "predict_volume_3d", "load_trained", "predict", "predict_volume",
            "read_volume", "predict_whole_volume", "PHOTO_SUFFIXES", "NIFTI_SUFFIXES", "ARRAY_SUFFIXES", "NIFTI_SLICE_AXIS", "input_kind",
            "Mode", "load_for_prediction", "read_input", "predict_image", "predict_slices"]
 
@@ -123,16 +122,6 @@ def predict_volume_3d(model: torch.nn.Module, volume: np.ndarray, window: Slidin
     prob = sliding_window_inference(x, window.roi_size, window.batch_size, lambda t: model(t).softmax(1),
                                     overlap=window.overlap, mode=window.mode)
     return prob.argmax(1)[0].to(torch.uint8).cpu().numpy()
-
-
-def model_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> torch.nn.Module:
-    """Rebuild the model a checkpoint of :func:`rwkvlab.engine.train.fit` holds (name + kwargs) and load it strictly."""
-    missing = [k for k in ("model", "model_name", "model_kwargs") if k not in state]
-    if missing:
-        raise ValueError(f"{path}: not an rwkvlab training checkpoint (no {', '.join(missing)})")
-    model = create_model(state["model_name"], **state["model_kwargs"])
-    model.load_state_dict(state["model"], strict=True)
-    return model
 
 
 def load_trained(run_dir: Path, which: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -234,13 +223,7 @@ def load_for_prediction(path: Path, device: torch.device) -> tuple[torch.nn.Modu
             model, or it was trained for a channel count or size that predict cannot serve.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
+    state = read_checkpoint(path)
     missing = [k for k in ("model", "model_name", "model_kwargs", "meta") if not isinstance(state, dict) or
                state.get(k) is None]
     if missing:

@@ -2,6 +2,7 @@
 
 from rwkvlab.models import rwkv_unet  # noqa: F401  (registers the RWKV-UNet sizes)
 from rwkvlab.models import baselines  # noqa: F401  (registers the comparison baselines)
-from rwkvlab.models._registry import create_model, list_models, register_model
+from rwkvlab.models._registry import (create_model, list_models, load_model, model_from_checkpoint, read_checkpoint,
+                                      register_model)
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "register_model", "load_model", "model_from_checkpoint", "read_checkpoint"]

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from rwkvlab.models._registry import register_model
 from rwkvlab.models.layers import (ChannelLayerNorm, ConvBNAct, SqueezeExcite, batch_norm_nd, conv_nd, relu_sq,
                                    sigmoid_gate, token_mix)
-from rwkvlab.ops import bi_wkv
+from rwkvlab.ops import bi_wkv, bi_wkv_release
 
 __all__ = ["MIXERS", "RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock",
            "CCM", "token_mixer"]
@@ -28,6 +28,7 @@ __all__ = ["MIXERS", "RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "S
 
 MIXERS = ("spatial_mix", "none", "mhsa", "focused_linear", "bi_mamba")
 SCANS = ("raster", "axes")
+WKV_MODES = ("exact", "release")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class RWKVUNetCfg:
             the same factors. Images need equal strides along H and W.
         scan: token order of the Bi-WKV of the spatial mixes: ``"raster"`` (one row-major flatten, the paper's) or
             ``"axes"`` (one flatten per axis with that axis fastest, outputs averaged; docs §18).
+        wkv: the Bi-WKV arithmetic: ``"exact"`` (the formula of docs §2, :func:`rwkvlab.ops.bi_wkv`) or
+            ``"release"`` (the authors' CUDA kernel, :func:`rwkvlab.ops.bi_wkv_release`, through which their
+            checkpoints were trained; docs §2.3).
     """
 
     depths: tuple[int, int, int, int]
@@ -99,6 +103,7 @@ class RWKVUNetCfg:
     spatial_dims: int = 2
     strides: tuple[int | tuple[int, ...], ...] = (2, 2, 2, 2)
     scan: str = "raster"
+    wkv: str = "exact"
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -127,6 +132,8 @@ class RWKVUNetCfg:
             raise ValueError(f"spatial_dims=3 needs encoder='rwkv' (timm encoders are 2D); got {self.encoder!r}")
         if self.scan not in SCANS:
             raise ValueError(f"scan must be one of {', '.join(SCANS)}; got {self.scan!r}")
+        if self.wkv not in WKV_MODES:
+            raise ValueError(f"wkv must be one of {', '.join(WKV_MODES)}; got {self.wkv!r}")
         if self.scan != "raster" and self.mixer != "spatial_mix":
             raise ValueError(f"scan={self.scan!r} orders the Bi-WKV of mixer='spatial_mix'; got mixer={self.mixer!r}")
         self._check_strides()
@@ -214,14 +221,18 @@ class SpatialMix(nn.Module):
         layer, n_layers: this block's index among the encoder's mixing blocks and their number (``"vrwkv"``).
         scan: ``"raster"``: one Bi-WKV over the row-major tokens; ``"axes"``: one per grid axis, with that axis
             fastest (:func:`axis_fastest`), the outputs averaged before the key norm.
+        wkv: ``"exact"`` (:func:`rwkvlab.ops.bi_wkv`) or ``"release"`` (:func:`rwkvlab.ops.bi_wkv_release`).
     """
 
     def __init__(self, dim: int, init: str = "release", layer: int = 0, n_layers: int = 1,
-                 scan: str = "raster") -> None:
+                 scan: str = "raster", wkv: str = "exact") -> None:
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {', '.join(SCANS)}; got {scan!r}")
+        if wkv not in WKV_MODES:
+            raise ValueError(f"wkv must be one of {', '.join(WKV_MODES)}; got {wkv!r}")
         self.scan = scan
+        self.wkv = wkv
         self.mu_k = nn.Parameter(torch.full((dim,), 0.5))
         self.mu_v = nn.Parameter(torch.full((dim,), 0.5))
         self.mu_r = nn.Parameter(torch.full((dim,), 0.5))
@@ -247,10 +258,11 @@ class SpatialMix(nn.Module):
         # The authors scale both by T (docs §2 Decision); the op itself runs in float32 or wider.
         dtype = torch.promote_types(k.dtype, torch.float32)
         k, v, w, u = k.to(dtype), v.to(dtype), (self.decay / t).to(dtype), (self.first / t).to(dtype)
+        op = bi_wkv if self.wkv == "exact" else bi_wkv_release
         if self.scan == "raster":
-            y = bi_wkv(k, v, w, u)
+            y = op(k, v, w, u)
         else:
-            y = sum(axis_fastest(bi_wkv(axis_fastest(k, hw, a), axis_fastest(v, hw, a), w, u), hw, a, inverse=True)
+            y = sum(axis_fastest(op(axis_fastest(k, hw, a), axis_fastest(v, hw, a), w, u), hw, a, inverse=True)
                     for a in range(len(hw))) / len(hw)
         return self.output(sigmoid_gate(r, self.key_norm(y.to(r.dtype))))
 
@@ -422,7 +434,8 @@ class RWKVEncoder(nn.Module):
                                 skip_allowed=False, dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0),
                                 spatial_dims=rank)]
             for _ in range(depth - 1):
-                spatial_mix = {"init": cfg.wkv_init, "layer": layer, "n_layers": n_mixing, "scan": cfg.scan}
+                spatial_mix = {"init": cfg.wkv_init, "layer": layer, "n_layers": n_mixing, "scan": cfg.scan,
+                               "wkv": cfg.wkv}
                 blocks.append(GLSPBlock(dim, dim, int(dim * exp), norm=norm, mixer=mixer, channel_mix=cfg.channel_mix,
                                         dw_kernel=cfg.dw_kernel, drop_path=rates.pop(0), mix_norm=cfg.norm,
                                         spatial_mix=spatial_mix, spatial_dims=rank))
@@ -632,8 +645,8 @@ class RWKVUNet(nn.Module):
         self.decoder = nn.ModuleList(UpBlock(i, o, k, s, rank) for i, o, s in zip(ins, outs[::-1], scales))
         self.final_scale = 1 if cfg.encoder == "rwkv" else reductions[0] // 2
         self.head = conv_nd(rank)(cfg.stem_dim, num_classes, 1)
-        if self.ccm is not None:
-            self.ccm.apply(_init_weights)
+        # CCM and decoder keep PyTorch's default initialisation, as the release does (it initialises its encoder
+        # only): the CCM's key and receptance then start at std about 0.06 rather than 0.02.
 
     def _check_size(self, x: Tensor) -> None:
         divisors = (self.size_divisor,) * 2 if isinstance(self.size_divisor, int) else self.size_divisor

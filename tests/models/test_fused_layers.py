@@ -3,6 +3,7 @@ brute-force loops, and RWKV-UNet-T's outputs and gradients with them against the
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -180,17 +181,21 @@ def test_blocks_match_float64(block):
 def test_model_gradients_as_close_to_float64_as_plain_pytorch(monkeypatch):
     """The whole RWKV-UNet-T, fused and plain float32 against the plain formulation in float64. Its float32
     gradients are chaotic at initialisation in either form (a ReLU or drop-path boundary crossed by rounding in a
-    4x3 map moves every gradient upstream of it: 1e-5 to 1e-2 relative, depending on the seed), so the typical
-    (median) parameter gradient is compared, with the blocks' exact checks above."""
-    model = create_model("rwkv_unet_t", in_chans=3, num_classes=4).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 64, 48).contiguous(memory_format=torch.channels_last)
-    (ref_out,), ref_grads = grads_of(copy.deepcopy(model).double(), [x.double()])
-    (out,), grads = grads_of(model, [x])
-    monkeypatch.setattr(layers, "_fused", lambda *tensors: None)
-    (plain_out,), plain_grads = grads_of(model, [x])
-    assert rel_err(out, ref_out) <= max(2 * rel_err(plain_out, ref_out), 1e-6)
-    names = [n for n, g in ref_grads.items() if g.norm() > 1e-9]
-    median = {k: torch.tensor([rel_err(g[n], ref_grads[n]) for n in names]).median().item()
-              for k, g in (("fused", grads), ("plain", plain_grads))}
-    assert median["fused"] <= max(3 * median["plain"], 1e-3), median
-
+    4x3 map moves every gradient upstream of it: 1e-5 to 1e-2 relative, depending on the seed, and on one seed the
+    fused form is the worse, on another the plain), so the typical (median) parameter gradient is compared over
+    three initialisations, with the blocks' exact checks above."""
+    fused, plain = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = create_model("rwkv_unet_t", in_chans=3, num_classes=4).to(memory_format=torch.channels_last)
+        x = torch.randn(2, 3, 64, 48).contiguous(memory_format=torch.channels_last)
+        (ref_out,), ref_grads = grads_of(copy.deepcopy(model).double(), [x.double()])
+        (out,), grads = grads_of(model, [x])
+        with monkeypatch.context() as patch:
+            patch.setattr(layers, "_fused", lambda *tensors: None)
+            (plain_out,), plain_grads = grads_of(model, [x])
+        assert rel_err(out, ref_out) <= max(2 * rel_err(plain_out, ref_out), 1e-6)
+        names = [n for n, g in ref_grads.items() if g.norm() > 1e-9]
+        fused.append(torch.tensor([rel_err(grads[n], ref_grads[n]) for n in names]).median().item())
+        plain.append(torch.tensor([rel_err(plain_grads[n], ref_grads[n]) for n in names]).median().item())
+    assert np.median(fused) <= max(3 * np.median(plain), 1e-3), (fused, plain)
