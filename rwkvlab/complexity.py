@@ -181,11 +181,12 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
 
 def trained_complexity(checkpoint: Path | str) -> Complexity:
     """:func:`count_macs` of the model a training checkpoint holds (its name and kwargs), at its training size."""
-    from rwkvlab.engine.checkpoint import load_checkpoint
+    from rwkvlab.models import read_checkpoint
 
-    state = load_checkpoint(Path(checkpoint))
-    if state is None or "model_kwargs" not in state or "meta" not in state:
-        raise FileNotFoundError(f"{checkpoint}: no rwkvlab training checkpoint (model_name, model_kwargs, meta)")
+    state = read_checkpoint(checkpoint)
+    if not isinstance(state, dict) or not {"model_name", "model_kwargs", "meta"} <= set(state):
+        raise ValueError(f"{checkpoint}: not an rwkvlab checkpoint of a segmentation model (model_name, "
+                         f"model_kwargs, meta)")
     kwargs = dict(state["model_kwargs"])
     return model_complexity(state["model_name"], tuple(state["meta"]["image_size"]), kwargs.pop("num_classes"),
                             kwargs.pop("in_chans"), **kwargs)
@@ -300,9 +301,23 @@ def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFram
     return pd.DataFrame(out, columns=["variant", "params_m", "macs_g", "wkv_macs_g", "paper_flops_g", "rel_diff"])
 
 
+def checkpoint_table(checkpoints: Sequence[Path]) -> pd.DataFrame:
+    """Parameters and MACs of each checkpoint's model at its training size (:func:`trained_complexity`)."""
+    from rwkvlab.models import read_checkpoint
+
+    out = []
+    for path in checkpoints:
+        c, state = trained_complexity(path), read_checkpoint(path)
+        out.append({"checkpoint": str(path), "model": state["model_name"],
+                    "size": "x".join(map(str, state["meta"]["image_size"])), "params_m": round(c.params / 1e6, 3),
+                    "macs_g": round(c.macs_g, 3), "wkv_macs_g": round(c.wkv_macs_g, 4)})
+    return pd.DataFrame(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``, or
-    ``python -m rwkvlab.complexity --model NAME [NAME ...] --size S [S [S]] [--in-chans C] [--num-classes K]``."""
+    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``,
+    ``python -m rwkvlab.complexity --model NAME [NAME ...] --size S [S [S]] [--in-chans C] [--num-classes K]``, or
+    ``python -m rwkvlab.complexity --checkpoint PATH [PATH ...]`` (each at its training size)."""
     from rwkvlab import config
 
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.complexity", description=__doc__.splitlines()[0])
@@ -316,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "model's spatial_dims), H W, or D H W")
     parser.add_argument("--in-chans", type=int, help="with --model: input channels (default 1 for 3D models, 3 for 2D)")
     parser.add_argument("--num-classes", type=int, default=2, help="with --model: output classes (default 2)")
+    parser.add_argument("--checkpoint", nargs="+", type=Path, help="count the models of these checkpoints (training, "
+                        "or converted by rwkvlab.convert) at their training size")
     args = parser.parse_args(argv)
+    if args.checkpoint and (args.model or args.variants != "all"):
+        parser.error("--checkpoint excludes --model and --variants")
     if args.model is None and (args.size or args.in_chans is not None):
         parser.error("--size and --in-chans go with --model")
     if args.model is not None and args.variants != "all":
@@ -327,13 +346,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--size takes 1 to 3 positive sides, got {' '.join(map(str, args.size))}")
     logging.basicConfig(level=logging.WARNING)
     try:
-        if args.model is not None:
+        if args.checkpoint:
+            table = checkpoint_table(args.checkpoint)
+        elif args.model is not None:
             rows = model_rows(args.model, args.size, args.num_classes, args.in_chans)
         else:
             variants = config.load(args.params).ablate.variants
             names = None if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
             rows = variant_rows(variants, names)
-        table = complexity_table(rows, progress=args.csv != "-")
+        if not args.checkpoint:
+            table = complexity_table(rows, progress=args.csv != "-")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -164,8 +164,10 @@ class TrainRun:
         seeds: split seeds (of ``prepare.split_seeds``) it is trained on, one training each (initialised with
             ``base.seed`` + the split seed); the run's summary is the mean and sample std over them (the paper's
             ± over the three splits).
-        init: encoder weights to start from, ``pretrain/<encoder model>`` (an encoder of ``pretrain.models``);
-            it replaces the recipe's ``init`` for this run, so runs of several models can share one recipe.
+        init: encoder weights to start from, ``pretrain/<encoder model>`` (an encoder of ``pretrain.models``) or a
+            checkpoint file (``.pt``, relative to the params file: e.g. the authors' ImageNet encoder converted by
+            ``python -m rwkvlab.convert``); it replaces the recipe's ``init`` for this run, so runs of several
+            models can share one recipe.
     """
 
     dataset: str
@@ -398,9 +400,13 @@ def _check_runs(p: Params) -> None:
     inits |= {f"ablate.variants.{n}.recipe.init": v.recipe.get("init") for n, v in p.ablate.variants.items()}
     for where, init in inits.items():
         kind, _, model = (init or "").partition("/")
-        if init is not None and (kind != "pretrain" or model not in models):
-            raise ValueError(f"params: {where} is {init!r}; it must be pretrain/<model> with <model> one of "
-                             f"pretrain.models {list(models)} (the encoders the pretrain stages write), or null")
+        if init is None or (kind == "pretrain" and model in models) or (kind != "pretrain" and
+                                                                         init.endswith((".pt", ".pth"))):
+            continue
+        raise ValueError(f"params: {where} is {init!r}; it must be pretrain/<model> with <model> one of "
+                         f"pretrain.models {list(models)} (the encoders the pretrain stages write), a checkpoint "
+                         f"file (.pt: one of ours, or a release encoder converted by python -m rwkvlab.convert), "
+                         f"or null")
 
 
 def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:

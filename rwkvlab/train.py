@@ -2,7 +2,7 @@
 
     python -m rwkvlab.train --run NAME [--seed K [K ...]] [--params params.yaml] [--set key=value ...] [--nproc N]
         [--no-evaluate]
-    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--seed K [K ...]] ...
+    python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--init I] [--seed K [K ...]] ...
     torchrun --nproc_per_node=N -m rwkvlab.train --run-name NAME ...  # DDP: N processes (gloo on CPU, nccl on CUDA)
 
 Under ``torchrun`` spell ``--run`` as ``--run-name``: torchrun takes any ``--run...`` for its own ``--run-path``.
@@ -10,7 +10,8 @@ Under ``torchrun`` spell ``--run`` as ``--run-name``: torchrun takes any ``--run
 ``--run`` trains a configured run of ``train.runs`` (the stage ``train@<name>``): each of its split seeds in
 turn, or only those of ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]``
 on the splits ``--seed`` (default 0) with the recipe ``--recipe`` (default: the dataset's name); ``--variant``
-applies an ablation variant's model settings and recipe fields. ``--set`` replaces a dotted key of the
+applies an ablation variant's model settings and recipe fields. ``--init`` starts the encoder from
+``pretrain/<encoder>`` or a checkpoint file (the authors' ImageNet encoder converted by ``rwkvlab.convert``). ``--set`` replaces a dotted key of the
 params file (the value is read as YAML), e.g. ``--set train.recipes.demo.epochs=2 --set
 train.recipes.demo.precision=bf16``. Without ``torchrun``, ``--nproc`` (default ``train.nproc``) above 1
 starts ``torchrun --nproc_per_node=N -m rwkvlab.train`` itself, one job per seed. After training, the
@@ -151,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="ad-hoc run: a registered model, e.g. rwkv_unet_t")
     parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")
     parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the dataset's name)")
+    parser.add_argument("--init", help="encoder weights to start from, replacing the run's init: pretrain/<encoder> or "
+                        "a checkpoint file (.pt), e.g. the authors' ImageNet encoder converted by rwkvlab.convert")
     parser.add_argument("--seed", type=int, nargs="+", help="split seeds, trained in turn (default: every seed of "
                         "--run; 0 for an ad-hoc run)")
     parser.add_argument("--params", type=Path, default=None,
@@ -170,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.run is None and not (args.dataset and args.model):
             raise ValueError("give --run NAME (a run of train.runs) or both --dataset and --model")
         overrides = parse_overrides(args.set)
+        if args.init is not None:  # the run's own init, where params.yaml keeps it
+            where = f"train.runs.{args.run}" if args.run else f"train.recipes.{args.recipe or args.dataset}"
+            overrides[f"{where}.init"] = args.init
         p = config.load(args.params, **overrides)
         seeds = (args.seed if args.seed is not None else
                  list(p.train.run(args.run).seeds) if args.run is not None else [0])

@@ -359,7 +359,8 @@ def launch(p: Params, model: str, device: torch.device, nproc: int | None = None
 
 
 def load_pretrained_encoder(model: nn.Module, path: Path) -> dict[str, list[str]]:
-    """Load ``encoder.pt`` (written by :func:`pretrain`) into ``model.encoder`` (or ``model`` itself).
+    """Load ``encoder.pt`` (written by :func:`pretrain`, or an encoder converted by :mod:`rwkvlab.convert`) into
+    ``model.encoder`` (or ``model`` itself); from the checkpoint of a whole segmentation network, its encoder.
 
     The classification head is dropped by an explicit key filter (:data:`HEAD_PREFIXES`); every other
     key must match the target by name and shape, then the weights load with ``strict=True``.
@@ -376,8 +377,11 @@ def load_pretrained_encoder(model: nn.Module, path: Path) -> dict[str, list[str]
         raise FileNotFoundError(f"pretrained encoder {path} not found (run the pretrain stage)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     target = model.encoder if hasattr(model, "encoder") else model
-    weights = {k: v for k, v in state["model"].items() if not k.startswith(HEAD_PREFIXES)}
-    dropped = sorted(set(state["model"]) - set(weights))
+    source = state["model"]
+    prefix = "encoder." if any(k.startswith("encoder.") for k in source) else ""  # a whole segmentation network
+    weights = {k.removeprefix(prefix): v for k, v in source.items()
+               if k.startswith(prefix) and not k.removeprefix(prefix).startswith(HEAD_PREFIXES)}
+    dropped = sorted(k for k in source if not k.startswith(prefix) or k.removeprefix(prefix) not in weights)
     own = target.state_dict()
     shapes = [f"{k}: {tuple(v.shape)} in {path.name} vs {tuple(own[k].shape)} in the model"
               for k, v in weights.items() if k in own and v.shape != own[k].shape]
@@ -387,9 +391,9 @@ def load_pretrained_encoder(model: nn.Module, path: Path) -> dict[str, list[str]
                          f"{type(target).__name__}: {_some(shapes)} with another shape; missing in {path.name}: "
                          f"{_some(missing)}; not in the model: {_some(unexpected)}")
     target.load_state_dict(weights, strict=True)
-    logger.info("loaded %s (%s weights of epoch %s, val top-1 %.2f): %d keys loaded, %d head keys dropped (%s), "
+    logger.info("loaded %s (%s weights of epoch %s, val top-1 %.2f): %d keys loaded, %d keys dropped (%s), "
                 "0 missing", path, state.get("source"), state.get("epoch"), state.get("val_top1", math.nan),
-                len(weights), len(dropped), ", ".join(dropped))
+                len(weights), len(dropped), _some(dropped))
     return {"loaded": sorted(weights), "dropped": dropped, "missing": missing}
 
 

@@ -72,11 +72,15 @@ def is_volumetric(run: Run) -> bool:
 
 
 def resolve_init(p: Params, init: str | None) -> Path | None:
-    """The file an ``init`` names: ``pretrain/<encoder model>`` is the ``encoder.pt`` of stage ``pretrain@<model>``
-    (the form is checked when params.yaml is loaded)."""
+    """The file an ``init`` names: ``pretrain/<encoder model>`` is the ``encoder.pt`` of stage ``pretrain@<model>``;
+    a ``.pt`` path is that file, relative to the params file (the forms are checked when params.yaml is loaded)."""
     if init is None:
         return None
-    return p.base.checkpoints_dir / "pretrain" / init.partition("/")[2] / "encoder.pt"
+    kind, _, model = init.partition("/")
+    if kind == "pretrain":
+        return p.base.checkpoints_dir / "pretrain" / model / "encoder.pt"
+    path = Path(init)
+    return path if path.is_absolute() else (p.file.parent if p.file else Path.cwd()) / path
 
 
 def _with_recipe_fields(recipe: Recipe, fields: dict[str, Any], where: str) -> Recipe:
@@ -197,8 +201,9 @@ def describe(run: Run, data: Prepared) -> str:
 def train(p: Params, run: Run, device: torch.device, data: Prepared | None = None) -> pd.DataFrame:
     """Train (or resume) ``run``; returns its history. See :func:`rwkvlab.engine.train.fit`."""
     if run.init is not None and not run.init.is_file():
-        raise FileNotFoundError(f"{run.init}: no pretrained encoder for {run.name} (init); run its pretrain "
-                                f"stage first (dvc repro pretrain@{run.init.parent.name})")
+        hint = (f"run its pretrain stage first (dvc repro pretrain@{run.init.parent.name})"
+                if run.init.name == "encoder.pt" else "convert a release encoder with python -m rwkvlab.convert")
+        raise FileNotFoundError(f"{run.init}: no pretrained encoder for {run.name} (init); {hint}")
     data = load_data(p, run) if data is None else data
     logger.info("%s: %s(%s) on %s", run.name, run.model, run.model_kwargs, run.dataset)
     # Each split seed also draws its own initialisation and batches, as the paper's three runs do.

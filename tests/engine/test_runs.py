@@ -67,6 +67,24 @@ def test_an_init_must_name_a_pretrained_encoder(override, where):
         config.load(ROOT / "params.yaml", **override)
 
 
+def test_an_init_may_name_a_checkpoint_file_relative_to_the_params_file(tmp_path):
+    p = config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "data/release/rwkv_enc_t.pt"})
+    assert runs.train_run(p, "demo", "rwkv_unet_t", None, 0, None).init == ROOT / "data/release/rwkv_enc_t.pt"
+    with pytest.raises(ValueError, match=r"train.recipes.demo.init is 'enc_t'; it must be pretrain/<model> .* a "
+                                         r"checkpoint file \(.pt"):
+        config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "enc_t"})
+
+
+def test_train_init_replaces_the_runs_init(monkeypatch):
+    from rwkvlab import train
+
+    seen = []
+    monkeypatch.setattr(train, "launch", lambda *a, **k: seen.append(k["overrides"]))
+    assert train.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--init", "enc.pt", "--no-evaluate"]) == 0
+    assert train.main(["--run", "demo-rwkv_unet_t", "--init", "pretrain/rwkv_enc_t", "--no-evaluate"]) == 0
+    assert seen == [{"train.recipes.demo.init": "enc.pt"}, {"train.runs.demo-rwkv_unet_t.init": "pretrain/rwkv_enc_t"}]
+
+
 def test_each_split_seed_trains_with_its_own_seed(p, monkeypatch):
     seen = []
     monkeypatch.setattr(runs, "fit", lambda *args, seed, **kwargs: seen.append(seed))
