@@ -10,7 +10,7 @@ the ``meta`` that evaluation and prediction read (``--img-size``, ``--class-name
 ``--in-chans``), an encoder file ``rwkv_enc_*`` for ``init:`` of a training run. Load either with
 ``rwkvlab.load_model(OUT)``.
 
-The release's checkpoints were trained through its CUDA kernel, which is not the Bi-WKV formula (docs §2.3):
+The release's checkpoints were trained through its CUDA kernel, which is not the Bi-WKV formula (docs §21):
 ``--wkv release`` runs that kernel's arithmetic, ``--wkv exact`` (default) the formula. The conversion is strict;
 on any failure nothing is written.
 """

@@ -77,7 +77,7 @@ class RWKVUNetCfg:
             ``"axes"`` (one flatten per axis with that axis fastest, outputs averaged; docs §18).
         wkv: the Bi-WKV arithmetic: ``"exact"`` (the formula of docs §2, :func:`rwkvlab.ops.bi_wkv`) or
             ``"release"`` (the authors' CUDA kernel, :func:`rwkvlab.ops.bi_wkv_release`, through which their
-            checkpoints were trained; docs §2.3).
+            checkpoints were trained; docs §21).
     """
 
     depths: tuple[int, int, int, int]

@@ -1,4 +1,4 @@
-"""The authors' CUDA Bi-WKV forward (``cuda/wkv_cuda.cu`` of their release), reproduced in PyTorch (docs §2.3).
+"""The authors' CUDA Bi-WKV forward (``cuda/wkv_cuda.cu`` of their release), reproduced in PyTorch (docs §21).
 
 Their kernel is not the formula of docs §2: it splits the T tokens into 32 chunks of ``ceil(T / 32)`` and, with
 non-zero decay, weights tokens of earlier chunks by ``|t-i|`` instead of ``|t-i| - 1``, carries terms that do not
