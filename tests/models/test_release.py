@@ -102,6 +102,14 @@ def test_wkv_release_is_the_authors_kernel(case):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", ["t49_d30", "t1024_d30"])
+def test_wkv_release_on_cuda_is_the_authors_kernel(case):
+    k, v, w, u, y = (torch.from_numpy(OUTPUTS_WKV[f"{case}_{x}"]).cuda() for x in "kvwuy")
+    assert rel_l2(bi_wkv_release(k, v, w, u).cpu(), y.cpu()) <= 1e-5
+
+
 def test_a_model_with_wkv_release_trains_through_the_kernels_arithmetic():
     torch.manual_seed(0)
     exact = create_model("rwkv_unet_t", in_chans=1, num_classes=3).eval()
