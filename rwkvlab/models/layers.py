@@ -119,7 +119,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, H, W) -> (N, C, H / stride, W / stride) (rounded up)."""
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.jit.is_tracing():  # a traced graph holds only PyTorch operators
             return super().forward(x)
         return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0])
 
@@ -254,8 +254,11 @@ def _fused_library() -> Any:
 
 
 def _fused(*tensors: Tensor) -> Any:
-    """The fused kernels if every tensor is a float32 CPU tensor outside ``torch.compile``, else ``None``."""
-    if torch.compiler.is_compiling() or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+    """The fused kernels if every tensor is a float32 CPU tensor outside ``torch.compile``, ``torch.export`` and
+    ``torch.jit.trace`` (which would record the ctypes calls as Python calls no other runtime can run), else
+    ``None``."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)):
         return None
     return _fused_library()
 

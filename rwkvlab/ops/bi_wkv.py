@@ -2,7 +2,7 @@
 
 The backend is resolved in this order: the ``backend`` argument, then the environment variable
 ``RWKVLAB_WKV_BACKEND``, then ``"auto"`` (the fastest registered backend that supports the
-inputs). Which implementation runs is logged once per (device type, kernel) from inside the op, so that
+inputs; ``reference`` under ``torch.jit.trace`` and ``torch.export``, whose graphs must run elsewhere). Which implementation runs is logged once per (device type, kernel) from inside the op, so that
 it is said at run time also under ``torch.compile``.
 
 Backends, fastest first: ``cuda`` (CUDA tensors, ``kernels/wkv_cuda.cu``), ``cpu`` (CPU tensors,
@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from rwkvlab.ops._cpu import bi_wkv_chunked, bi_wkv_cpu
@@ -93,7 +94,9 @@ def bi_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, backend: str = "auto") ->
     if backend == "auto":
         backend = os.environ.get("RWKVLAB_WKV_BACKEND", "auto")
     if backend == "auto":
-        backend = available_backends(k)[0]
+        # a traced or exported graph must hold plain PyTorch operators that other runtimes (ONNX, TorchScript) run
+        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        backend = "reference" if exporting else available_backends(k)[0]
     if backend not in _BACKENDS:
         raise ValueError(f"bi_wkv: unknown backend {backend!r}; registered: {sorted(_BACKENDS)}")
     fn, supports = _BACKENDS[backend]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from rwkvlab.data import Prepared
 
@@ -21,12 +20,3 @@ def data():
                     masks=masks, ids=np.array([f"c{i}" for i in range(n)]), labelled=np.ones(n, bool),
                     sizes=np.full((n, 2), 32), splits={"train": np.arange(6), "val": np.arange(6, 8),
                                                        "test": np.arange(8, 10)})
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny forwards on a shared machine: one thread is much faster than two contending OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
