@@ -1,12 +1,10 @@
 """The study's notebooks run end to end with tiny parameters; dvc.yaml is valid."""
 
 import ast
-import functools
 import json
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -19,6 +17,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 FIGURE_CALL = re.compile(r"save_figure\(|_figure\(|_curves\(|_chart\(|overlay_cases\(|\.plot\(|write_card\(")
 # outputs an executed notebook may hold beyond its cells' results: progress widgets, warnings
 MAX_OUTPUTS_PER_CELL = 8
+# A process that executes the notebooks of a JSON list read from stdin, in turn (test_every_notebook_runs_...).
+PAPERMILL_IN_TURN = """
+import json, sys, papermill
+for j in json.load(sys.stdin):
+    papermill.execute_notebook(j["notebook"], j["out"], parameters=j["parameters"], kernel_name="python3",
+                               cwd=j["cwd"], progress_bar=False)
+"""
 
 TINY = """
 base: {{seed: 0, device: cpu, data_dir: data, reports_dir: reports, checkpoints_dir: data/checkpoints}}
@@ -133,7 +138,7 @@ def check_executed(path: Path, figures: bool = True) -> None:
 def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     """Each notebook runs with its kernel in the project's notebooks/ folder, as JupyterLab starts it, finding
     params.yaml from there (the prepare notebook also from the root with an explicit file, as DVC runs it)."""
-    papermill = pytest.importorskip("papermill")
+    pytest.importorskip("papermill")
     from rwkvlab.data.readers.synapse_demo import generate
 
     from rwkvlab.data.digits import write_digits
@@ -148,35 +153,42 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     (tmp_path / "notebooks").mkdir()
     executed = tmp_path / "executed"
 
-    def run(notebook: str, out: str, cwd: Path = tmp_path / "notebooks", figures: bool = True, **parameters) -> None:
-        papermill.execute_notebook(str(ROOT / f"notebooks/{notebook}.ipynb"), str(executed / f"{out}.ipynb"),
-                                   parameters=parameters, kernel_name="python3", cwd=str(cwd), progress_bar=False)
-        check_executed(executed / f"{out}.ipynb", figures)
+    def job(notebook: str, out: str, cwd: Path = tmp_path / "notebooks", figures: bool = True, **parameters):
+        return {"notebook": str(ROOT / f"notebooks/{notebook}.ipynb"), "out": str(executed / f"{out}.ipynb"),
+                "cwd": str(cwd), "parameters": parameters, "figures": figures}
+
+    def run(*jobs_in_turn: list[dict]) -> None:
+        """Each list of jobs in turn in a process of its own, the lists side by side: papermill's cwd is a
+        process-wide chdir, so two notebooks started from two threads of one process could start a kernel in the
+        wrong folder."""
+        procs = [subprocess.Popen([sys.executable, "-c", PAPERMILL_IN_TURN], stdin=subprocess.PIPE, text=True,
+                                  stderr=subprocess.PIPE) for _ in jobs_in_turn]
+        for proc, jobs in zip(procs, jobs_in_turn):
+            proc.stdin.write(json.dumps(jobs))
+            proc.stdin.close()
+        for proc in procs:
+            assert proc.wait() == 0, proc.stderr.read()[-3000:]
+        for jobs in jobs_in_turn:
+            for j in jobs:
+                check_executed(Path(j["out"]), j["figures"])
 
     executed.mkdir()
-    run("01_prepare_data", "01_demo", cwd=tmp_path, params_file=str(params), dataset="demo")
-    run("01_prepare_data", "01_synapse_demo", dataset="synapse_demo")
-    run("01_prepare_data", "01_busi", figures=False, dataset="busi")  # absent: skipped, nothing to draw
-    run("01_prepare_data", "01_volume_demo", dataset="volume_demo")
-
-    def segmentation_runs():
-        for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t", "volume_demo-rwkv_unet3d_t"):
-            for nb in ("02_train", "03_evaluate"):
-                run(nb, f"{nb}_{name}", run=name)
-        run("04_report", "04")
-
-    def pretraining_ablations_erf():
-        run("00_pretrain", "00", model="rwkv_enc_t")
-        for variant in ("attn_none", "attn_spatial_mix", "pre_digits"):
-            run("05_ablations", f"05_{variant}", variant=variant)
-        run("05_ablation_tables", "05_tables")
-        run("06_erf", "06")
-        run("07_explore_ablations", "07", variants=None, try_kwargs={"mixer": "none", "decoder_kernel": 3}, cases=2)
-
-    # In turn: papermill's cwd is a process-wide chdir, so two notebooks started from two threads can race and
-    # start a kernel in the wrong folder.
-    segmentation_runs()
-    pretraining_ablations_erf()
+    run([job("01_prepare_data", "01_demo", cwd=tmp_path, params_file=str(params), dataset="demo"),
+         job("01_prepare_data", "01_synapse_demo", dataset="synapse_demo"),
+         job("01_prepare_data", "01_busi", figures=False, dataset="busi"),  # absent: skipped, nothing to draw
+         job("01_prepare_data", "01_volume_demo", dataset="volume_demo")])
+    segmentation_runs = [job(nb, f"{nb}_{name}", run=name)
+                         for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t", "volume_demo-rwkv_unet3d_t")
+                         for nb in ("02_train", "03_evaluate")] + [job("04_report", "04")]
+    pretraining_ablations_erf = [
+        job("00_pretrain", "00", model="rwkv_enc_t"),
+        *(job("05_ablations", f"05_{variant}", variant=variant)
+          for variant in ("attn_none", "attn_spatial_mix", "pre_digits")),
+        job("05_ablation_tables", "05_tables"),
+        job("06_erf", "06"),
+        job("07_explore_ablations", "07", variants=None, try_kwargs={"mixer": "none", "decoder_kernel": 3}, cases=2),
+    ]
+    run(segmentation_runs, pretraining_ablations_erf)
 
     explored = nbformat.read(executed / "07.ipynb", as_version=4)
     assert sum("image/png" in o.get("data", {}) for c in explored.cells for o in c.get("outputs", [])) >= 6
