@@ -175,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
         if args.init is not None:  # the run's own init, where params.yaml keeps it
             where = f"train.runs.{args.run}" if args.run else f"train.recipes.{args.recipe or args.dataset}"
-            overrides[f"{where}.init"] = args.init
+            # a file named on the command line is relative to the shell, not to params.yaml's folder
+            init = args.init if args.init.startswith("pretrain/") else str(Path(args.init).resolve())
+            overrides[f"{where}.init"] = init
         p = config.load(args.params, **overrides)
         seeds = (args.seed if args.seed is not None else
                  list(p.train.run(args.run).seeds) if args.run is not None else [0])

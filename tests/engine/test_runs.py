@@ -75,14 +75,18 @@ def test_an_init_may_name_a_checkpoint_file_relative_to_the_params_file(tmp_path
         config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "enc_t"})
 
 
-def test_train_init_replaces_the_runs_init(monkeypatch):
+def test_train_init_replaces_the_runs_init(monkeypatch, tmp_path):
     from rwkvlab import train
 
     seen = []
     monkeypatch.setattr(train, "launch", lambda *a, **k: seen.append(k["overrides"]))
-    assert train.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--init", "enc.pt", "--no-evaluate"]) == 0
-    assert train.main(["--run", "demo-rwkv_unet_t", "--init", "pretrain/rwkv_enc_t", "--no-evaluate"]) == 0
-    assert seen == [{"train.recipes.demo.init": "enc.pt"}, {"train.runs.demo-rwkv_unet_t.init": "pretrain/rwkv_enc_t"}]
+    monkeypatch.chdir(tmp_path)  # a file named on the command line is relative to the shell's folder
+    params = ["--params", str(ROOT / "params.yaml")]
+    assert train.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--init", "enc.pt", "--no-evaluate",
+                       *params]) == 0
+    assert train.main(["--run", "demo-rwkv_unet_t", "--init", "pretrain/rwkv_enc_t", "--no-evaluate", *params]) == 0
+    assert seen == [{"train.recipes.demo.init": str(tmp_path / "enc.pt")},
+                    {"train.runs.demo-rwkv_unet_t.init": "pretrain/rwkv_enc_t"}]
 
 
 def test_each_split_seed_trains_with_its_own_seed(p, monkeypatch):
