@@ -4,9 +4,9 @@ cleanly without a GPU. The timings themselves are not asserted."""
 import pytest
 import torch
 
-from rwkvlab import bench
-from rwkvlab.bench import (BASELINE_MODEL, GpuCheck, StepConfig, StepRow, bench_steps, format_gpu_summary,
-                           format_steps, train_configs)
+from rwkvlab.bench import cli, gpu, scaling3d
+from rwkvlab.bench.gpu import GpuCheck, format_gpu_summary
+from rwkvlab.bench.train import BASELINE_MODEL, StepConfig, StepRow, bench_steps, format_steps, train_configs
 
 
 def test_cpu_configs_put_basic_unet_beside_rwkv_unet_t():
@@ -63,15 +63,73 @@ def test_gpu_check_keeps_going_after_a_failing_part():
     def broken():
         raise RuntimeError("nvcc missing")
 
-    check = bench._gpu_check("build CUDA kernel", broken)
+    check = gpu._gpu_check("build CUDA kernel", broken)
     assert not check.ok and check.detail == "RuntimeError: nvcc missing"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_command_refuses_without_gpu(capsys):
     with pytest.raises(SystemExit, match="bench gpu needs a CUDA GPU"):
-        bench.main(["gpu"])
+        cli.main(["gpu"])
     assert "PASS" not in capsys.readouterr().out
+
+
+def test_judge_fails_a_figure_on_the_wrong_side_of_its_target():
+    targets = gpu.GPU_TARGETS
+    assert gpu.judge({"wkv fwd+bwd": 0.20, "B train bf16": 330.0}, targets)[0]
+    ok, line = gpu.judge({"wkv fwd+bwd": 0.31}, targets)
+    assert not ok and line == "wkv fwd+bwd 0.31 ms (target <= 0.29) MISSED"
+    assert not gpu.judge({"B infer bf16": 1199.0}, targets)[0]
+    with pytest.raises(KeyError, match="no target"):
+        gpu.judge({"made up": 1.0}, targets)
+
+
+class FakeGpu:
+    """What the measuring functions of ``bench gpu`` return on a GPU that meets every default target: the
+    (24, 784, 576) Bi-WKV in 0.2 ms, RWKV-UNet-B at 330 img/s in training (7.5 GiB) and 1300 img/s in inference."""
+
+    def __init__(self, monkeypatch):
+        from rwkvlab.bench.scaling3d import ScalingCase, ScalingRow
+        from rwkvlab.bench.wkv import WkvRow, WkvShape
+
+        issue = WkvShape("issue 3", 24, 784, 576)
+        img_s = {"train": 330.0, "infer": 1300.0}
+        monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(gpu, "build_kernel", lambda: "/x/rwkvlab_wkv_cuda.so")
+        monkeypatch.setattr(gpu, "cuda_tests", lambda: (True, "4 passed"))
+        monkeypatch.setattr(gpu, "kernel_exactness", lambda device: (True, "worst 1e-7"))
+        monkeypatch.setattr(gpu, "memory_bandwidth", lambda device: 3e12)
+        monkeypatch.setattr(gpu, "wkv_shapes", lambda batch: [issue])
+        monkeypatch.setattr(gpu, "bench_wkv", lambda shape, device: [WkvRow(shape, "cuda", 1e-4, 2e-4, 1e-7, 1e-7)])
+        monkeypatch.setattr(gpu, "bench_steps", lambda configs, device, steps, warmup: [
+            StepRow(c, img_s[c.mode], 7.5) for c in configs])
+        monkeypatch.setattr(gpu, "scaling3d_report", lambda device, sizes, repeats: (
+            ["table"], [ScalingRow(ScalingCase("rwkv_unet3d_t", (), 64), 0.1, 100.0, 3, "")]))
+        monkeypatch.setattr(cli.torch.cuda, "get_device_name", lambda *a: "fake H100")
+
+
+def test_gpu_parts_pass_only_on_their_targets(monkeypatch):
+    FakeGpu(monkeypatch)
+    assert all(c.ok for c in gpu.bench_gpu())
+    failed = {c.name for c in gpu.bench_gpu(targets=gpu.with_targets(["wkv fwd+bwd=0.1"])) if not c.ok}
+    assert failed == {"bench wkv"}
+    failed = {c.name for c in gpu.bench_gpu(targets=gpu.with_targets(["B train bf16=400"])) if not c.ok}
+    assert failed == {"bench train"}
+    failed = {c.name for c in gpu.bench_gpu(targets=gpu.with_targets(["B train bf16 peak=4"])) if not c.ok}
+    assert failed == {"bench train"}
+
+
+def test_gpu_command_exits_non_zero_on_a_target_that_cannot_be_met(monkeypatch, capsys):
+    FakeGpu(monkeypatch)
+    cli.main(["gpu"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("all parts passed")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["gpu", "--target", "wkv fwd+bwd=0"])  # no kernel runs in 0 ms
+    assert stop.value.code == 1
+    out = capsys.readouterr().out
+    assert "FAIL  bench wkv" in out and "MISSED" in out and out.splitlines()[-1].startswith("FAILED: bench wkv")
+    with pytest.raises(SystemExit, match="no target 'nope'"):
+        cli.main(["gpu", "--target", "nope=1"])
 
 
 @pytest.mark.parametrize("argv,message", [(["train", "--batch", "0"], "--batch must be >= 1"),
@@ -79,17 +137,17 @@ def test_gpu_command_refuses_without_gpu(capsys):
                                           (["nope"], "invalid choice")])
 def test_bad_arguments_stop_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit):
-        bench.main(argv)
+        cli.main(argv)
     assert message in capsys.readouterr().err
 
 
 # ``scaling3d``: the table's structure and the skipping rules; the timings themselves are not asserted.
-from rwkvlab.bench import ScalingCase, ScalingRow, bench_scaling3d, format_scaling, scaling3d_cases  # noqa: E402
+from rwkvlab.bench.scaling3d import ScalingCase, ScalingRow, bench_scaling3d, format_scaling, scaling3d_cases  # noqa: E402
 
 
 def test_scaling3d_command_prints_every_case_with_its_reason(capsys):
     # At 16^3 nothing can train at batch 1 (a 1-voxel bottleneck, SwinUNETR's divisor 32): every case says why.
-    bench.main(["scaling3d", "--sizes", "16", "--repeats", "1", "--in-process"])
+    cli.main(["scaling3d", "--sizes", "16", "--repeats", "1", "--in-process"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("3D scaling on CPU") and "batch 1, 1 channel, 5 classes" in lines[0]
     assert lines[1].startswith("memory (step MiB): ")
@@ -141,7 +199,7 @@ def test_scaling3d_skips_what_would_pass_the_cap(monkeypatch):
         seconds = measured[case.model, case.size]
         return ScalingRow(case, seconds, 1.0, 1, "" if seconds else f"killed: over the {cap_s:.0f} s cap")
 
-    monkeypatch.setattr(bench, "_isolated", fake)
+    monkeypatch.setattr(scaling3d, "_isolated", fake)
     cases = scaling3d_cases([32, 64, 96], models=[("unet3d", ()), ("swin_unetr3d", ())])
     rows = {(r.case.model, r.case.size): r for r in bench_scaling3d(cases, torch.device("cpu"), cap_s=150)}
     assert rows["unet3d", 64].note.startswith("skipped: ~80 s a step predicted from 32^3")  # 2 x 80 > 150
@@ -154,5 +212,5 @@ def test_scaling3d_skips_what_would_pass_the_cap(monkeypatch):
                                           (["scaling3d", "--sizes", "0"], "--sizes must be >= 1")])
 def test_scaling3d_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
-        bench.main(argv)
+        cli.main(argv)
     assert message in capsys.readouterr().err

@@ -1,0 +1,3 @@
+from rwkvlab.bench.cli import main
+
+main()
