@@ -7,7 +7,7 @@ from pathlib import Path
 from rwkvlab.config import Params
 
 __all__ = ["cache", "splits_dir", "split_file", "run_dir", "train_dir", "eval_dir", "summary_file", "ablation_run_dir",
-           "ablation_dir", "ablations_dir", "erf_dir", "cards_dir", "figures_dir"]
+           "ablation_dir", "ablations_dir", "erf_dir", "cards_dir", "figures_dir", "adhoc_dir"]
 
 
 def cache(p: Params, dataset: str) -> Path:
@@ -73,3 +73,9 @@ def cards_dir(p: Params, dataset: str) -> Path:
 def figures_dir(p: Params) -> Path:
     """Figures of the report."""
     return p.base.reports_dir / "figures"
+
+
+def adhoc_dir(p: Params, command: str) -> Path:
+    """Where ``command`` (``train``, ``pretrain``, ``explore``) writes a run that no stage owns when no ``--out`` is
+    given: one git-ignored root outside every stage's deps and outs, so an ad-hoc run never changes the study."""
+    return p.base.data_dir / "adhoc" / command

@@ -5,8 +5,10 @@
     torchrun --nproc_per_node=N -m rwkvlab.pretrain ...      # DDP: N processes (gloo on CPU, nccl on CUDA)
 
 Options not given come from the ``pretrain`` section of the params file (recipe ``pretrain.recipe``
-unless ``--recipe``); ``--out`` defaults to ``data/checkpoints/pretrain/<model>`` and ``--reports`` to
-``reports/pretrain/<model>`` (``base`` section). ``--batch-size`` is the global batch, split over the
+unless ``--recipe``). ``--out`` (default ``data/adhoc/pretrain/<model>``, git-ignored and outside every stage)
+holds the checkpoints and, unless ``--reports`` names another folder, ``history.csv`` and ``metrics.json``: a
+command never changes the study (the stage ``pretrain@<model>`` names its own folders, ``--out`` and
+``--reports``, to its ``torchrun`` processes). ``--batch-size`` is the global batch, split over the
 processes. Without ``--resume`` an existing ``last.pt`` is ignored and overwritten.
 """
 
@@ -22,8 +24,8 @@ import torch
 import torch.distributed as dist
 from timm.utils.distributed import init_distributed_device_so
 
-from rwkvlab import config
-from rwkvlab.engine.pretrain import pretrain, run_dirs, with_overrides
+from rwkvlab import config, paths
+from rwkvlab.engine.pretrain import pretrain, with_overrides
 from rwkvlab.engine.inference import resolve_device
 
 
@@ -39,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--img-size", type=int, help="training and evaluation size, a multiple of 16")
-    parser.add_argument("--out", type=Path, help="checkpoint folder (last.pt, encoder.pt)")
-    parser.add_argument("--reports", type=Path, help="folder of history.csv and metrics.json")
+    parser.add_argument("--out", type=Path, help="checkpoint folder (last.pt, encoder.pt); default: "
+                        "data/adhoc/pretrain/<model>")
+    parser.add_argument("--reports", type=Path, help="folder of history.csv and metrics.json (default: --out)")
     parser.add_argument("--device", help="auto, cpu or cuda (default: base.device)")
     parser.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
     args = parser.parse_args(argv)
@@ -51,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or p.pretrain.models[0]
     recipe = with_overrides(p.pretrain.run_recipe(), data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                             img_size=args.img_size)
-    out_dir, reports_dir = run_dirs(p, model)
+    out_dir = args.out or paths.adhoc_dir(p, "pretrain") / model
     # Under torchrun this joins the process group and picks this rank's GPU (cuda:LOCAL_RANK).
     dev = init_distributed_device_so(device=str(resolve_device(args.device or p.base.device)))
     logging.basicConfig(level=logging.INFO if dev["global_rank"] == 0 else logging.WARNING,
                         format=f"[rank {dev['global_rank']}] %(message)s")
     try:
-        history = pretrain(model, recipe, args.out or out_dir, seed=p.base.seed, device=torch.device(dev["device"]),
-                           reports_dir=args.reports or reports_dir, num_workers=p.pretrain.num_workers,
+        history = pretrain(model, recipe, out_dir, seed=p.base.seed, device=torch.device(dev["device"]),
+                           reports_dir=args.reports or out_dir, num_workers=p.pretrain.num_workers,
                            resume=args.resume)
     finally:
         if dev["distributed"]:

@@ -1,13 +1,18 @@
 """Command line for training, the same runs as the train stage (``rwkvlab.engine.runs``)::
 
     python -m rwkvlab.train --run NAME [--seed K [K ...]] [--params params.yaml] [--set key=value ...] [--nproc N]
-        [--no-evaluate]
+        [--out DIR | --stage] [--no-evaluate]
     python -m rwkvlab.train --dataset NAME --model NAME [--variant V] [--recipe R] [--init I] [--seed K [K ...]] ...
     torchrun --nproc_per_node=N -m rwkvlab.train --run-name NAME ...  # DDP: N processes (gloo on CPU, nccl on CUDA)
 
 Under ``torchrun`` spell ``--run`` as ``--run-name``: torchrun takes any ``--run...`` for its own ``--run-path``.
 
-``--run`` trains a configured run of ``train.runs`` (the stage ``train@<name>``): each of its split seeds in
+Everything a run writes goes under ``--out`` (default ``data/adhoc/train``, git-ignored and outside every
+stage): ``<name>/seed<k>/`` holds its checkpoints, ``history.csv`` and ``evaluation/``, so a command never
+changes the study. Only ``--stage`` writes the stage ``train@<name>``'s own outputs, as ``dvc repro`` does (the
+train stage gives it to its ``torchrun`` processes).
+
+``--run`` trains a configured run of ``train.runs`` (the settings of the stage ``train@<name>``): each of its split seeds in
 turn, or only those of ``--seed``. ``--dataset/--model`` is an ad-hoc run named ``<dataset>-<model>[-<variant>]``
 on the splits ``--seed`` (default 0) with the recipe ``--recipe`` (default: the dataset's name); ``--variant``
 applies an ablation variant's model settings and recipe fields. ``--init`` starts the encoder from
@@ -16,9 +21,9 @@ params file (the value is read as YAML), e.g. ``--set train.recipes.demo.epochs=
 train.recipes.demo.precision=bf16``. Without ``torchrun``, ``--nproc`` (default ``train.nproc``) above 1
 starts ``torchrun --nproc_per_node=N -m rwkvlab.train`` itself, one job per seed. After training, the
 checkpoint the recipe names is scored on the test split (``runs.evaluate``) and printed as JSON; for more
-than one seed of an ad-hoc run, and for every seed of a ``--run`` (its default), the summary over them
-(``runs.summarize_seeds``: mean and sample std) is written to ``reports/evaluate/<name>/metrics.json`` and
-printed instead. ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate
+than one seed, and for every seed of a ``--run`` (its default), the summary over them (``runs.summarize``: mean
+and sample std) is written to ``<out>/<name>/metrics.json`` (with ``--stage``, ``reports/evaluate/<name>/``)
+and printed instead. ``--no-evaluate`` only trains (the train stage: evaluation is the evaluate
 stage's).
 """
 
@@ -36,7 +41,7 @@ import pandas as pd
 import torch.distributed as dist
 import yaml
 
-from rwkvlab import config
+from rwkvlab import config, paths
 from rwkvlab.data import Prepared
 from rwkvlab.engine import runs
 from rwkvlab.engine.distributed import check_nproc, init_from_env, torchrun_command, under_torchrun
@@ -66,7 +71,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _run(p: config.Params, seed: int, run: str | None = None, dataset: str | None = None, model: str | None = None,
-         variant: str | None = None, recipe: str | None = None) -> runs.Run:
+         variant: str | None = None, recipe: str | None = None, out: Path | None = None) -> runs.Run:
+    """The run selected, written under ``out`` (:func:`runs.under`), or where its stage writes when ``out`` is None."""
+    chosen = _selected(p, seed, run, dataset, model, variant, recipe)
+    return chosen if out is None else runs.under(chosen, out)
+
+
+def _selected(p: config.Params, seed: int, run: str | None, dataset: str | None, model: str | None,
+              variant: str | None, recipe: str | None) -> runs.Run:
     if run is not None:
         return runs.configured_run(p, run, seed)
     if model not in list_models():
@@ -86,22 +98,24 @@ def _run(p: config.Params, seed: int, run: str | None = None, dataset: str | Non
 
 
 def _selection_args(seed: int, run: str | None, dataset: str | None, model: str | None, variant: str | None,
-                    recipe: str | None) -> list[str]:
-    """The command-line arguments that select the same run and seed (for the torchrun children)."""
+                    recipe: str | None, out: Path | None) -> list[str]:
+    """The command-line arguments that select the same run, seed and folders (for the torchrun children)."""
+    where = ["--stage"] if out is None else ["--out", str(out)]
     if run is not None:
-        return ["--run-name", run, "--seed", str(seed)]
-    return ["--dataset", str(dataset), "--model", str(model), "--seed", str(seed),
+        return ["--run-name", run, "--seed", str(seed), *where]
+    return ["--dataset", str(dataset), "--model", str(model), "--seed", str(seed), *where,
             *(["--variant", variant] if variant else []), *(["--recipe", recipe] if recipe else [])]
 
 
 def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
            model: str | None = None, variant: str | None = None, recipe: str | None = None,
            overrides: dict[str, Any] | None = None, nproc: int | None = None,
-           data: Prepared | None = None) -> pd.DataFrame:
+           data: Prepared | None = None, out: Path | None = None) -> pd.DataFrame:
     """Train one seed of a run: in this process, or under ``torchrun`` when ``nproc > 1``.
 
     The run is the configured ``train.runs.<run>`` (:func:`runs.configured_run`), or without ``run`` the ad-hoc
-    ``dataset``/``model``/``variant``/``recipe`` (:func:`runs.train_run`), on split ``seed``. This is the train
+    ``dataset``/``model``/``variant``/``recipe`` (:func:`runs.train_run`), on split ``seed``, written under
+    ``out`` (:func:`runs.under`) or, when ``out`` is None, where the stage ``train@<run>`` writes. This is the train
     stage's decision (notebook 02) and the command line's; ``nproc`` defaults to ``train.nproc``. Always resumes
     from the run's ``last.pt`` (written under the same configuration). ``data``, the run's prepared dataset if
     already loaded, saves reading it again in this process.
@@ -116,7 +130,7 @@ def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0
     """
     overrides = dict(overrides or {})
     p = config.load(params_file, **overrides)
-    selection = (seed, run, dataset, model, variant, recipe)
+    selection = (seed, run, dataset, model, variant, recipe, out)
     one = _run(p, *selection)
     device = resolve_device(p.base.device)
     name, nproc = ("train.nproc", p.train.nproc) if nproc is None else ("--nproc", nproc)
@@ -161,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="replace a dotted params key, the value read as YAML (repeatable)")
     parser.add_argument("--nproc", type=int, help="DDP processes on this node (default: train.nproc)")
+    parser.add_argument("--out", type=Path, help="folder of the run's checkpoints, history and evaluation, "
+                        "<out>/<name>/seed<k>/ (default: data/adhoc/train, outside every stage)")
+    parser.add_argument("--stage", action="store_true", help="write the outputs of the stage train@<run> instead, "
+                        "as dvc repro does (with --run only)")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                         help="score the test split after training")
     args = parser.parse_args(argv)
@@ -172,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{', '.join('--' + k for k in adhoc)}")
         if args.run is None and not (args.dataset and args.model):
             raise ValueError("give --run NAME (a run of train.runs) or both --dataset and --model")
+        if args.stage and (args.run is None or args.out is not None):
+            raise ValueError("--stage writes the outputs of the stage train@<run>: give it with --run and without "
+                             "--out")
         overrides = parse_overrides(args.set)
         if args.init is not None:  # the run's own init, where params.yaml keeps it
             where = f"train.runs.{args.run}" if args.run else f"train.recipes.{args.recipe or args.dataset}"
@@ -183,26 +204,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                  list(p.train.run(args.run).seeds) if args.run is not None else [0])
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"--seed: {seeds} names a seed twice")
-        chosen = [_run(p, seed, args.run, args.dataset, args.model, args.variant, args.recipe) for seed in seeds]
+        out = None if args.stage else (args.out or paths.adhoc_dir(p, "train")).absolute()
+        chosen = [_run(p, seed, args.run, args.dataset, args.model, args.variant, args.recipe, out) for seed in seeds]
         for run in chosen:  # every seed checked above, before any trains
             if under_torchrun():
                 rank0 = _train_as_rank(p, run)
             else:
                 launch(args.params, args.run, run.split_seed, dataset=args.dataset, model=args.model,
-                       variant=args.variant, recipe=args.recipe, overrides=overrides, nproc=args.nproc)
+                       variant=args.variant, recipe=args.recipe, overrides=overrides, nproc=args.nproc, out=out)
         if under_torchrun() and not rank0:
             return 0
         if args.evaluate:
             device = resolve_device(p.base.device)
             summaries = [runs.evaluate(p, run, device)[0] for run in chosen]
-            if args.run is not None and args.seed is None:
+            every_seed = args.run is not None and args.seed is None
+            if out is None and every_seed:
                 print(json.dumps({"run": args.run, **runs.summarize_seeds(p, args.run)}, indent=2))
-            elif args.run is None and len(chosen) > 1:  # an ad-hoc run's summary; a configured run's is its stage's
+            elif out is not None and (every_seed or len(chosen) > 1):
                 run = chosen[0]
                 name = run.name.rpartition("/")[0]
+                recipe = p.train.run(args.run).recipe if args.run else args.recipe or args.dataset
                 settings = {"dataset": run.dataset, "model": run.model, "kwargs": run.model_kwargs,
-                            "recipe": args.recipe or args.dataset, "variant": args.variant}
-                print(json.dumps({"run": name, **runs.summarize_seeds(p, name, seeds, settings)}, indent=2))
+                            "recipe": recipe, "variant": args.variant}
+                summary = runs.summarize(name, {r.split_seed: r.evaluation for r in chosen}, settings,
+                                         out / name / "metrics.json")
+                print(json.dumps({"run": name, **summary}, indent=2))
             else:
                 results = [{"run": run.name, "checkpoint": run.recipe.test_checkpoint, **summary}
                            for run, summary in zip(chosen, summaries)]

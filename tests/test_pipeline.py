@@ -192,7 +192,7 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
 
     explored = nbformat.read(executed / "07.ipynb", as_version=4)
     assert sum("image/png" in o.get("data", {}) for c in explored.cells for o in c.get("outputs", [])) >= 6
-    assert (tmp_path / "reports/explore/decoder_kernel=3-mixer=none/metrics.json").is_file()
+    assert (tmp_path / "data/adhoc/explore/decoder_kernel=3-mixer=none/metrics.json").is_file()
     assert (tmp_path / "reports/logs/02_train_demo-rwkv_unet_t.log").read_text().count("epoch 1:") == 1
     for name in ("demo-rwkv_unet_t", "synapse_demo-rwkv_unet_t"):
         seed0 = json.loads((tmp_path / f"reports/evaluate/{name}/seeds/seed0/metrics.json").read_text())

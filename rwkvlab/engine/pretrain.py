@@ -350,7 +350,8 @@ def launch(p: Params, model: str, device: torch.device, nproc: int | None = None
     out_dir, reports_dir = run_dirs(p, model)
     if nproc > 1:
         cmd = torchrun_command(nproc, "rwkvlab.pretrain", ["--params", str(p.file), "--model", model,
-                                                           "--device", device.type, "--resume"])
+                                                           "--device", device.type, "--resume", "--out", str(out_dir),
+                                                           "--reports", str(reports_dir)])
         logger.info("launching %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
         return pd.read_csv(reports_dir / "history.csv")

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from rwkvlab.models import create_model
 logger = logging.getLogger(__name__)
 
 __all__ = ["Run", "is_volumetric", "configured_run", "train_run", "ablation_run", "pretrained_encoder", "resolve_init", "load_data",
-           "describe", "train", "evaluate", "summarize_seeds", "read_summary"]
+           "under", "describe", "train", "evaluate", "summarize_seeds", "summarize", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,14 @@ class Run:
     checkpoints: Path
     history: Path
     evaluation: Path
+
+
+def under(run: Run, root: Path) -> Run:
+    """``run`` written under ``root/<name>/seed<k>/`` (checkpoints, ``history.csv``, ``evaluation/``) instead of the
+    study's folders: how the command line trains, so that an ad-hoc run never touches what a stage owns."""
+    folder = root / run.name
+    return dataclasses.replace(run, checkpoints=folder, history=folder / "history.csv",
+                               evaluation=folder / "evaluation")
 
 
 def is_volumetric(run: Run) -> bool:
@@ -227,14 +235,9 @@ def evaluate(p: Params, run: Run, device: torch.device,
     return write_evaluation(run.evaluation, per_case, preds), per_case, preds
 
 
-def summarize_seeds(p: Params, name: str, seeds: Sequence[int] | None = None,
-                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Combine the per-seed test metrics of the run ``name`` into its summary and write it atomically to
-    :func:`rwkvlab.paths.summary_file` (for ``train.runs.<name>``, the evaluate stage's DVC metrics).
-
-    Args:
-        seeds, settings: an ad-hoc run's split seeds and what it is (``dataset``, ``model``, ``kwargs``,
-            ``recipe``), given together; neither for ``train.runs.<name>``, whose own are used.
+def summarize_seeds(p: Params, name: str) -> dict[str, Any]:
+    """Combine the per-seed test metrics of ``train.runs.<name>`` into its summary and write it atomically to
+    :func:`rwkvlab.paths.summary_file` (the evaluate stage's DVC metrics).
 
     Returns:
         ``{"dataset", "model", "kwargs", "recipe", "seeds", "n_seeds", "mean", "std", "per_seed"}``: ``mean`` and
@@ -246,32 +249,37 @@ def summarize_seeds(p: Params, name: str, seeds: Sequence[int] | None = None,
         FileNotFoundError: a seed has not been evaluated.
         ValueError: the seeds' metric files name different metrics.
     """
-    if (seeds is None) != (settings is None):
-        raise ValueError("summarize_seeds: give an ad-hoc run's seeds and settings together, or neither")
-    if settings is None:
-        configured = p.train.run(name)
-        seeds = list(configured.seeds)
-        settings = {"dataset": configured.dataset, "model": configured.model, "kwargs": dict(configured.kwargs),
-                    "recipe": configured.recipe}
+    configured = p.train.run(name)
+    settings = {"dataset": configured.dataset, "model": configured.model, "kwargs": dict(configured.kwargs),
+                "recipe": configured.recipe}
+    evaluations = {seed: paths.eval_dir(p, name, seed) for seed in configured.seeds}
+    return summarize(name, evaluations, settings, paths.summary_file(p, name), "(evaluate stage, notebook 03_evaluate)")
+
+
+def summarize(name: str, evaluations: Mapping[int, Path], settings: Mapping[str, Any], file: Path,
+              hint: str = "") -> dict[str, Any]:
+    """:func:`summarize_seeds` for any run: the ``metrics.json`` in each seed's evaluation folder (``evaluations``,
+    by split seed), summarised with ``settings`` (what the run is) and written atomically to ``file``; ``hint``
+    ends the message of a seed not evaluated."""
     per_seed: dict[str, dict[str, float]] = {}
-    for seed in seeds:
-        file = paths.eval_dir(p, name, seed) / "metrics.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: seed {seed} of run {name!r} is not evaluated (evaluate stage, "
-                                    f"notebook 03_evaluate)")
-        per_seed[str(seed)] = json.loads(file.read_text())
+    for seed, folder in evaluations.items():
+        if not (folder / "metrics.json").is_file():
+            raise FileNotFoundError(f"{folder / 'metrics.json'}: seed {seed} of run {name!r} is not evaluated {hint}"
+                                    .rstrip())
+        per_seed[str(seed)] = json.loads((folder / "metrics.json").read_text())
+    seeds = list(evaluations)
     metrics = list(per_seed[str(seeds[0])])
     for seed, values in per_seed.items():
         if sorted(values) != sorted(metrics):
-            raise ValueError(f"{paths.eval_dir(p, name, int(seed)) / 'metrics.json'} has metrics {sorted(values)}, "
+            raise ValueError(f"{evaluations[int(seed)] / 'metrics.json'} has metrics {sorted(values)}, "
                              f"seed {seeds[0]} has {sorted(metrics)}")
     table = np.array([[per_seed[str(s)][m] for m in metrics] for s in seeds], dtype=np.float64)
     std = table.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(metrics))
-    summary = {**settings, "seeds": list(seeds), "n_seeds": len(seeds),
+    summary = {**settings, "seeds": seeds, "n_seeds": len(seeds),
                "mean": dict(zip(metrics, table.mean(axis=0).tolist())), "std": dict(zip(metrics, std.tolist())),
                "per_seed": per_seed}
     text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(paths.summary_file(p, name), lambda f: f.write_text(text))
+    atomic_write(file, lambda f: f.write_text(text))
     return summary
 
 

@@ -4,9 +4,9 @@ Reads what the ``ablate@<variant>`` stages left behind (history, per-case scores
 checkpoints) and draws the variants together: validation curves on one axis, per-case DSC distributions, the
 same test cases as each variant predicts them, each variant's effective receptive field, and DSC against
 MACs. :func:`try_setting` trains a new setting (model keyword arguments on ``ablate.model``) with the
-ablation recipe, so that it joins every comparison; its checkpoints and outputs go to
-``<checkpoints>/explore/<name>`` and ``<reports>/explore/<name>`` (not part of the pipeline, not versioned),
-and a rerun resumes or reuses it.
+ablation recipe, so that it joins every comparison; its checkpoints and outputs go to one folder,
+``data/adhoc/explore/<name>`` (:func:`rwkvlab.paths.adhoc_dir`: outside every stage, not versioned), and a rerun
+resumes or reuses it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -133,11 +132,10 @@ def try_setting(p: Params, model_kwargs: Mapping[str, Any], device: torch.device
     recipe = dataclasses.replace(p.train.recipe(p.ablate.protocols[protocol].recipe), **fields)
     if p.ablate.protocols[protocol].pretrained and recipe.init is None:
         recipe = dataclasses.replace(recipe, init=runs.pretrained_encoder(p, model, model_kwargs, name))
-    out = p.base.reports_dir / "explore" / name
+    out = paths.adhoc_dir(p, "explore") / name
     run = runs.Run(name=f"explore/{name}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
-                   model=model, model_kwargs=model_kwargs, recipe=recipe,
-                   init=runs.resolve_init(p, recipe.init), checkpoints=p.base.checkpoints_dir / "explore" / name,
-                   history=out / "history.csv", evaluation=out)
+                   model=model, model_kwargs=model_kwargs, recipe=recipe, init=runs.resolve_init(p, recipe.init),
+                   checkpoints=out, history=out / "history.csv", evaluation=out)
     data = runs.load_data(p, run)
     try:
         _complexity(run, data)  # builds the model: a bad keyword fails here, before any training

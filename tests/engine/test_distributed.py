@@ -152,15 +152,18 @@ def test_a_stopped_two_process_run_resumes_on_two_or_one_processes(data, tmp_pat
 # ---- the launch decision and the command line --------------------------------------------------------------------
 
 @pytest.mark.parametrize("selection, expected", [
-    ({"dataset": "demo", "model": "rwkv_unet_t", "variant": "attn_none", "seed": 0},
-     ["--dataset", "demo", "--model", "rwkv_unet_t", "--seed", "0", "--variant", "attn_none"]),
-    ({"run": "demo-rwkv_unet_t", "seed": 0}, ["--run-name", "demo-rwkv_unet_t", "--seed", "0"]),
+    ({"dataset": "demo", "model": "rwkv_unet_t", "variant": "attn_none", "seed": 0, "out": "adhoc"},
+     ["--dataset", "demo", "--model", "rwkv_unet_t", "--seed", "0", "--out", "adhoc", "--variant", "attn_none"]),
+    ({"run": "demo-rwkv_unet_t", "seed": 0}, ["--run-name", "demo-rwkv_unet_t", "--seed", "0", "--stage"]),
 ])
 def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, selection, expected):
     overrides = {"base.reports_dir": str(tmp_path / "reports"), "base.checkpoints_dir": str(tmp_path / "ck"),
                  "train.recipes.demo.epochs": 2, "train.recipes.demo.precision": "bf16"}
     selection = dict(selection)
     seed, name = selection.pop("seed"), selection.pop("run", None)
+    if "out" in selection:  # the children write where the command was told to, or where the stage writes
+        selection["out"] = tmp_path / selection["out"]
+        expected = [str(tmp_path / a) if a == "adhoc" else a for a in expected]
     run = cli._run(cli.config.load("params.yaml", **overrides), seed, name, **selection)
     calls = []
 
@@ -191,8 +194,11 @@ def test_a_configured_run_trains_each_seed(tmp_path, monkeypatch):
     assert cli.main(["--run", "demo-unet", "--no-evaluate", *sets]) == 0
     assert [(r.name, r.split_seed, r.model, r.checkpoints.name) for r in trained] == [
         ("demo-unet/seed2", 2, "unet", "seed2"), ("demo-unet/seed0", 0, "unet", "seed0")]
-    assert cli.main(["--run", "demo-unet", "--seed", "0", "--no-evaluate", *sets]) == 0
+    # a command's run goes under the ad-hoc root; only --stage writes where the stage train@demo-unet does
+    assert trained[0].checkpoints == Path("data/adhoc/train/demo-unet/seed2").resolve()
+    assert cli.main(["--run", "demo-unet", "--seed", "0", "--no-evaluate", "--stage", *sets]) == 0
     assert [r.split_seed for r in trained[2:]] == [0]
+    assert trained[2].checkpoints == tmp_path / "ck" / "train" / "demo-unet" / "seed0"
 
 
 def test_an_ad_hoc_run_on_several_seeds_prints_and_writes_their_mean_and_sample_std(tmp_path, monkeypatch, capsys):
@@ -209,12 +215,14 @@ def test_an_ad_hoc_run_on_several_seeds_prints_and_writes_their_mean_and_sample_
 
     monkeypatch.setattr(cli.runs, "train", lambda p, run, device, data=None: trained.append(run.split_seed))
     monkeypatch.setattr(cli.runs, "evaluate", fake_evaluate)
-    sets = ["--set", f"base.checkpoints_dir={tmp_path / 'ck'}", "--set", f"base.reports_dir={tmp_path / 'rep'}"]
     assert cli.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--variant", "initnorm_vrwkv_pre",
-                     "--recipe", "ablate_demo", "--seed", "0", "1", "2", *sets]) == 0
+                     "--recipe", "ablate_demo", "--seed", "0", "1", "2", "--out", str(tmp_path / "out")]) == 0
     assert trained == [0, 1, 2]
     printed = json.loads(capsys.readouterr().out)
-    written = json.loads((tmp_path / "rep/evaluate/demo-rwkv_unet_t-initnorm_vrwkv_pre/metrics.json").read_text())
+    run = tmp_path / "out" / "demo-rwkv_unet_t-initnorm_vrwkv_pre"
+    assert sorted(f.relative_to(run).as_posix() for f in run.rglob("*.json")) == [
+        "metrics.json", *(f"seed{k}/evaluation/metrics.json" for k in range(3))]
+    written = json.loads((run / "metrics.json").read_text())
     assert printed == {"run": "demo-rwkv_unet_t-initnorm_vrwkv_pre", **written}
     assert written["mean"]["dsc"] == pytest.approx(statistics.mean(scores.values()))
     assert written["std"]["dsc"] == pytest.approx(statistics.stdev(scores.values()))
@@ -237,6 +245,8 @@ def test_overrides_are_read_as_yaml():
     (["--run", "demo-nope"], r"train\.runs has no run 'demo-nope'; runs: demo-rwkv_unet_t, "),
     (["--run", "demo-unet", "--seed", "1"], r"train\.runs\.demo-unet trains on split seeds \[0\], not on seed 1"),
     (["--run", "demo-unet", "--model", "unet"], r"--run names a configured run: give it without --model"),
+    (["--dataset", "demo", "--model", "unet", "--stage"], r"--stage writes the outputs of the stage train@<run>"),
+    (["--run", "demo-unet", "--stage", "--out", "x"], r"give it with --run and without --out"),
     (["--model", "unet"], r"give --run NAME \(a run of train\.runs\) or both --dataset and --model"),
     (["--dataset", "demo", "--model", "no_such_net"], r"--model: unknown model 'no_such_net'; registered: .*rwkv_unet_t"),
     (["--dataset", "demo", "--model", "rwkv_unet_t", "--variant", "zz"], r"unknown ablation variant 'zz'"),
