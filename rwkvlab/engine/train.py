@@ -50,14 +50,13 @@ from rwkvlab.data.augment import TwoViews, batch_consistency_loss, patch_transfo
 from rwkvlab.data.cache import Prepared
 from rwkvlab.data.loader import SegArrays, VolumePatches, as_float
 from rwkvlab.engine import loop
-from rwkvlab.engine.checkpoint import save_checkpoint
+from rwkvlab.engine.checkpoint import load_pretrained_encoder, save_checkpoint
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.inference import SlidingWindow, check_image_size, spatial_dims
 from rwkvlab.engine.losses import seg_loss
 from rwkvlab.engine.loop import Task, average_batchnorm, run_epochs, wrap_ddp
-from rwkvlab.engine.pretrain import load_pretrained_encoder
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
 

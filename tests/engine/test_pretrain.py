@@ -25,8 +25,8 @@ from rwkvlab.config import PretrainRecipe
 from rwkvlab.data import DataError
 from rwkvlab.data.digits import write_digits
 from rwkvlab.engine import pretrain as pretrain_mod
-from rwkvlab.engine.pretrain import (build_model, build_optimizer, check_image_folder, create_transforms,
-                                     load_pretrained_encoder, pretrain)
+from rwkvlab.engine.checkpoint import load_pretrained_encoder
+from rwkvlab.engine.pretrain import build_model, build_optimizer, check_image_folder, create_transforms, pretrain
 from rwkvlab.pretrain import main
 
 CPU = torch.device("cpu")

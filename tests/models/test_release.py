@@ -12,7 +12,7 @@ from fixtures.release import OUTPUTS, OUTPUTS_WKV, RELEASE, rel_l2, release_inpu
 
 import rwkvlab
 from rwkvlab.convert import convert, main
-from rwkvlab.engine.pretrain import load_pretrained_encoder
+from rwkvlab.engine.checkpoint import load_pretrained_encoder
 from rwkvlab.models import create_model
 from rwkvlab.models.release import ReleaseError, from_release
 from rwkvlab.ops import bi_wkv, bi_wkv_release
