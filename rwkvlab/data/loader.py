@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from monai import transforms as mt
 from torch.utils.data import Dataset
 
 from rwkvlab.data.cache import Prepared
+
+if TYPE_CHECKING:  # only a type here: MONAI's import-everything __init__ costs seconds per process
+    from monai import transforms as mt
 
 __all__ = ["SegArrays", "VolumePatches", "as_float", "to_tensor"]
 

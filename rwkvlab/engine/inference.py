@@ -15,7 +15,6 @@ from typing import Any, Literal, Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
@@ -116,6 +115,9 @@ def predict_volume_3d(model: torch.nn.Module, volume: np.ndarray, window: Slidin
     Shape:
         volume (D, H, W) float in [0, 1] (or (C, D, H, W)) -> (D, H, W) uint8 labels.
     """
+    # Imported here: MONAI's import-everything __init__ costs seconds, and only volumes and window mode need it.
+    from monai.inferers import sliding_window_inference
+
     model.eval()
     x = torch.from_numpy(np.require(volume, np.float32, ("C", "W")))
     x = (x[None] if x.ndim == 3 else x)[None].to(device)
@@ -362,6 +364,8 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, in
                             (h, w))
     if mode != "window":
         raise ValueError(f"mode must be 'resize' or 'window', got {mode!r}")
+    from monai.inferers import sliding_window_inference  # see predict_volume_3d
+
     model.eval()
     image = np.require(image, requirements="W")
     x = to_tensor((image if image.ndim == 3 else image[..., None])[None]).to(device)

@@ -27,7 +27,6 @@ from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
 from rwkvlab.engine.inference import SlidingWindow, load_trained, spatial_dims
-from rwkvlab.engine.train import fit, model_kwargs_for
 from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
@@ -195,6 +194,8 @@ def load_data(p: Params, run: Run) -> Prepared:
 def describe(run: Run, data: Prepared) -> str:
     """One line on what ``run`` trains: the model with its keyword arguments and parameter count for ``data``, the
     data's size, channels and classes, and the encoder it starts from. (MACs: ``python -m rwkvlab.complexity``.)"""
+    from rwkvlab.engine.train import model_kwargs_for  # training's imports (MONAI) only where a run trains
+
     model = create_model(run.model, **model_kwargs_for(data, run.model_kwargs))
     params = sum(t.numel() for t in model.parameters())
     if spatial_dims(model) == 3:
@@ -212,6 +213,8 @@ def train(p: Params, run: Run, device: torch.device, data: Prepared | None = Non
         hint = (f"run its pretrain stage first (dvc repro pretrain@{run.init.parent.name})"
                 if run.init.name == "encoder.pt" else "convert a release encoder with python -m rwkvlab.convert")
         raise FileNotFoundError(f"{run.init}: no pretrained encoder for {run.name} (init); {hint}")
+    from rwkvlab.engine.train import fit  # see describe
+
     data = load_data(p, run) if data is None else data
     logger.info("%s: %s(%s) on %s", run.name, run.model, run.model_kwargs, run.dataset)
     # Each split seed also draws its own initialisation and batches, as the paper's three runs do.
