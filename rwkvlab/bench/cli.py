@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from rwkvlab.bench.data import bench_data
 from rwkvlab.bench.gpu import GPU_LIMIT_S, GPU_TARGETS, bench_gpu, format_gpu_summary, with_targets
 from rwkvlab.bench.metrics import bench_metrics
+from rwkvlab.bench.startup import format_startup, measure_startup
 from rwkvlab.bench.scaling3d import SCALING3D_CPU_CAP_S, SCALING3D_CPU_SIZES, SCALING3D_GPU_SIZES, scaling3d_report
 from rwkvlab.bench.train import BASELINE_MODEL, TRAIN_MODELS, bench_steps, format_steps, train_configs
 from rwkvlab.bench._timing import cpu_label
@@ -25,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m rwkvlab.bench", description=rwkvlab.bench.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["wkv", "data", "metrics", "train", "gpu", "scaling3d"])
+    parser.add_argument("benchmark", choices=["wkv", "data", "metrics", "train", "gpu", "scaling3d", "startup"])
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median)")
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{' '.join(map(str, SCALING3D_CPU_SIZES))} on the CPU, "
                         f"{' '.join(map(str, SCALING3D_GPU_SIZES))} on a GPU)")
     parser.add_argument("--repeats", type=int, help="scaling3d: timed steps per case after one warm-up step, median "
-                        "(default 2 on the CPU, 5 on a GPU)")
+                        "(default 2 on the CPU, 5 on a GPU); startup: fresh processes per notebook (default 3)")
     parser.add_argument("--cap", type=float, default=SCALING3D_CPU_CAP_S, help="scaling3d on the CPU: seconds per "
                         "case; larger cases predicted over it are skipped")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
@@ -95,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.benchmark == "data":
         bench_data()
+        return
+    if args.benchmark == "startup":
+        notebooks = sorted((Path(rwkvlab.bench.__file__).parents[2] / "notebooks").glob("*.ipynb"))
+        print("\n".join(format_startup(measure_startup(notebooks, args.repeats or 3))))
         return
     if args.benchmark == "metrics":
         bench_metrics(args.volumes, args.spacing)
