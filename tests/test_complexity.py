@@ -9,7 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from rwkvlab import config
-from rwkvlab.complexity import complexity_table, count_macs, main, model_complexity, variant_rows
+from rwkvlab.complexity import complexity_table, count_macs, model_complexity
+from rwkvlab.complexity.__main__ import main
+from rwkvlab.report.ablations import variant_rows
 from rwkvlab.report.comparison import baseline_complexity_table
 
 ROOT = Path(__file__).resolve().parents[1]

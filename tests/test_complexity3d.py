@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from rwkvlab import create_model, list_models
-from rwkvlab.complexity import count_macs, main, model_complexity
+from rwkvlab.complexity import count_macs, model_complexity
+from rwkvlab.complexity.__main__ import main
 
 
 def conv_macs(n, c_in, c_out, size, kernel, stride, padding, groups=1):

@@ -137,16 +137,16 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(tmp_path, monk
     def stages(module):
         return {s for s in stage_names if covers(changed.get(s, ()), module)}
 
-    assert stages("rwkvlab/complexity.py") >= {"report", "ablation_tables"}
+    assert stages("rwkvlab/complexity/__init__.py") >= {"report", "ablation_tables"}
     assert not any(s.startswith(("train@", "evaluate@", "ablate@", "pretrain@")) for s in
-                   stages("rwkvlab/complexity.py") | stages("rwkvlab/report/comparison.py"))
+                   stages("rwkvlab/complexity/__init__.py") | stages("rwkvlab/report/comparison.py"))
     assert "report" in stages("rwkvlab/report/comparison.py")
     evaluate = {s for s in stage_names if s.startswith("evaluate@")}
     assert evaluate | {"erf"} <= stages("rwkvlab/engine/inference.py")
     loads_params = {s for s in stage_names if "notebooks/" in " ".join(derived[s])}
     assert stages("rwkvlab/config.py") == loads_params
     # and one edit alone marks exactly those
-    assert set(_changed(repo, scratch, ["rwkvlab/complexity.py"])) == stages("rwkvlab/complexity.py")
+    assert set(_changed(repo, scratch, ["rwkvlab/complexity/__init__.py"])) == stages("rwkvlab/complexity/__init__.py")
 
 
 def test_lock_holds_no_stage_that_no_longer_exists():
@@ -156,7 +156,7 @@ def test_lock_holds_no_stage_that_no_longer_exists():
 def test_write_restores_a_missing_dep_and_keeps_comments(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
     broken = tmp_path / "dvc.yaml"
-    broken.write_text(text.replace("      - rwkvlab/complexity.py\n", "", 1))
+    broken.write_text(text.replace("      - rwkvlab/complexity/__init__.py\n", "", 1))
     assert "report" in pipeline.check(broken) or "ablation_tables" in pipeline.check(broken)
     pipeline.check(broken, write=True)
     assert pipeline.check(broken) == {}

@@ -17,10 +17,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from rwkvlab.complexity import MODEL_ROWS, Row
 from rwkvlab.report.figures import label_points, new_figure
 from rwkvlab.report.tables import paper_table, write_table
 
-__all__ = ["PaperTable", "PAPER_TABLES", "PROTOCOL_MARK", "TABLE_NOTES", "paper_row", "ablation_setting", "ablation_tables",
+__all__ = ["PaperTable", "PAPER_TABLES", "PROTOCOL_MARK", "TABLE_NOTES", "paper_row", "variant_rows", "ablation_setting", "ablation_tables",
            "write_ablation_tables", "draw_bubbles", "label_bubbles", "bubble_chart"]
 
 
@@ -58,7 +59,7 @@ PROTOCOL_MARK = {"scratch-100": "S100", "scratch-30": "S30", "pretrained-30": "P
 # Why some rows cannot match the paper's FLOPs; the numbers are in each table's rel_diff column.
 TABLE_NOTES = {
     "complexity": (
-        "MACs as the paper counts them (docs §11, `rwkvlab/complexity.py`): conv and linear weights x output "
+        "MACs as the paper counts them (docs §11, `rwkvlab/complexity/`): conv and linear weights x output "
         "positions, BatchNorm 4 per element, bilinear nn.Upsample 11 per output element, softmax-attention products "
         "at 2 per MAC; LayerNorms, functional interpolation, the Bi-WKV recurrence, selective scans (and the x/dt "
         "projections feeding them) and linear-attention products are not part of the figure: wkv_macs_g reports "
@@ -221,3 +222,24 @@ def bubble_chart(tables: Mapping[str, pd.DataFrame], title: str) -> Figure:
     for ax, drawn in labels.items():
         label_bubbles(ax, drawn)
     return fig
+
+
+def variant_rows(variants: dict[str, Any], names: Iterable[str] | None = None) -> list[Row]:
+    """The rows to count: the registered models, then the ablation variants (``params.ablate.variants``).
+
+    Args:
+        variants: name -> :class:`rwkvlab.config.Variant`.
+        names: only these (model or variant names); ``None`` for all.
+    """
+    rows = [Row(v, m, {}, s, c, f) for v, m, s, c, f in MODEL_ROWS]
+    for name, v in variants.items():
+        flops = paper_row(v.table, v.row).get("flops_g") if v.row else None
+        rows.append(Row(name, v.model, dict(v.kwargs), v.size, v.num_classes, flops))
+    if names is not None:
+        wanted = list(names)
+        known = {r.variant for r in rows}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(sorted(known))}")
+        rows = [r for r in rows if r.variant in wanted]
+    return rows

@@ -25,17 +25,16 @@ module hooks and a function mode and books every operation under a kind:
 ``macs_g`` is ``conv + linear + norm + upsample`` (not ``layernorm``) plus the softmax-attention products at 2 per MAC, which is how
 the paper's MHSA row adds up (docs §10: +7.44G); ``wkv_macs_g`` sums the kinds reported apart. The hand-written counter exists because
 no counter on PyPI counts custom ops, functional interpolation and exact-type norms the way the paper's thop did
-(docs §11). ``python -m rwkvlab.complexity`` prints the table of every model and variant against the paper, or with
-``--model`` counts registered models at any 2D or 3D size (``--size 32 64 64`` for a D x H x W volume).
+(docs §11). ``python -m rwkvlab.complexity`` (:mod:`rwkvlab.complexity.__main__`) prints the table of every model and
+variant against the paper (the variants' rows: :func:`rwkvlab.report.ablations.variant_rows`), or with ``--model``
+counts registered models at any 2D or 3D size (``--size 32 64 64`` for a D x H x W volume).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +51,8 @@ from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Complexity", "count_macs", "model_complexity", "trained_complexity", "variant_rows", "model_rows",
-           "complexity_table", "main"]
+__all__ = ["Complexity", "Row", "MODEL_ROWS", "count_macs", "model_complexity", "trained_complexity", "model_rows",
+           "complexity_table", "checkpoint_table"]
 
 NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
 BILINEAR_OPS = 11  # thop's count per output element of a bilinear nn.Upsample
@@ -213,7 +212,7 @@ def model_complexity(name: str, size: int | Sequence[int], num_classes: int, in_
 
 
 @dataclass(frozen=True)
-class _Row:
+class Row:
     """One row of the complexity table: what to build and the paper's figure for it."""
 
     variant: str
@@ -226,7 +225,7 @@ class _Row:
 
 # The registered models at the settings the paper counts them: the binary table (256, 1 class), the
 # Synapse tables (224, 9 classes) and Table 1 (the encoders alone at 224).
-_MODEL_ROWS = [
+MODEL_ROWS = [
     ("rwkv_unet_t", "rwkv_unet_t", 256, 1, 3.70), ("rwkv_unet_s", "rwkv_unet_s", 256, 1, 7.64),
     ("rwkv_unet_b", "rwkv_unet_b", 256, 1, 14.50), ("rwkv_unet_b@224x9", "rwkv_unet_b", 224, 9, 11.11),
     ("rwkv_enc_t", "rwkv_enc_t", 224, 0, 1.83), ("rwkv_enc_s", "rwkv_enc_s", 224, 0, 4.73),
@@ -237,31 +236,8 @@ _MODEL_ROWS = [
 ]
 
 
-def variant_rows(variants: dict[str, Any], names: Iterable[str] | None = None) -> list[_Row]:
-    """The rows to count: the registered models, then the ablation variants (``params.ablate.variants``).
-
-    Args:
-        variants: name -> :class:`rwkvlab.config.Variant`.
-        names: only these (model or variant names); ``None`` for all.
-    """
-    from rwkvlab.report.ablations import paper_row
-
-    rows = [_Row(v, m, {}, s, c, f) for v, m, s, c, f in _MODEL_ROWS]
-    for name, v in variants.items():
-        flops = paper_row(v.table, v.row).get("flops_g") if v.row else None
-        rows.append(_Row(name, v.model, dict(v.kwargs), v.size, v.num_classes, flops))
-    if names is not None:
-        wanted = list(names)
-        known = {r.variant for r in rows}
-        unknown = [n for n in wanted if n not in known]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(sorted(known))}")
-        rows = [r for r in rows if r.variant in wanted]
-    return rows
-
-
 def model_rows(models: Iterable[str], size: Sequence[int], num_classes: int = 2,
-               in_chans: int | None = None) -> list[_Row]:
+               in_chans: int | None = None) -> list[Row]:
     """Rows that count registered models at one size (``python -m rwkvlab.complexity --model``), labelled
     ``name@DxHxW`` (or ``name@HxW``), without a paper figure.
 
@@ -280,11 +256,11 @@ def model_rows(models: Iterable[str], size: Sequence[int], num_classes: int = 2,
         if len(sides) != dims:
             raise ValueError(f"{name} takes {dims}D inputs (spatial_dims={dims}); got --size {' '.join(map(str, size))}")
         chans = in_chans if in_chans is not None else (1 if dims == 3 else 3)
-        rows.append(_Row(f"{name}@{'x'.join(map(str, sides))}", name, {"in_chans": chans}, sides, num_classes, None))
+        rows.append(Row(f"{name}@{'x'.join(map(str, sides))}", name, {"in_chans": chans}, sides, num_classes, None))
     return rows
 
 
-def complexity_table(rows: Sequence[_Row], progress: bool = True) -> pd.DataFrame:
+def complexity_table(rows: Sequence[Row], progress: bool = True) -> pd.DataFrame:
     """Parameters (M), MACs (G, the paper's convention), the WKV/scan MACs apart, the paper's figure and the
     relative difference, one row per model or variant.
 
@@ -312,63 +288,3 @@ def checkpoint_table(checkpoints: Sequence[Path]) -> pd.DataFrame:
                     "size": "x".join(map(str, state["meta"]["image_size"])), "params_m": round(c.params / 1e6, 3),
                     "macs_g": round(c.macs_g, 3), "wkv_macs_g": round(c.wkv_macs_g, 4)})
     return pd.DataFrame(out)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rwkvlab.complexity [--variants all|NAME,...] [--csv PATH|-] [--params params.yaml]``,
-    ``python -m rwkvlab.complexity --model NAME [NAME ...] --size S [S [S]] [--in-chans C] [--num-classes K]``, or
-    ``python -m rwkvlab.complexity --checkpoint PATH [PATH ...]`` (each at its training size)."""
-    from rwkvlab import config
-
-    parser = argparse.ArgumentParser(prog="python -m rwkvlab.complexity", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="all", help="all, or comma-separated model/variant names")
-    parser.add_argument("--csv", help="write the table as CSV to PATH, or - for standard output")
-    parser.add_argument("--params", default=None, help="the params file holding ablate.variants; default: the project's "
-                        "params.yaml above the working directory")
-    parser.add_argument("--model", nargs="+", help="count these registered models at --size instead of the table of "
-                        "variants (2D or 3D: rwkv_unet3d_t, unet3d, swin_unetr3d)")
-    parser.add_argument("--size", type=int, nargs="+", help="with --model: one side (a square image or a cube, by the "
-                        "model's spatial_dims), H W, or D H W")
-    parser.add_argument("--in-chans", type=int, help="with --model: input channels (default 1 for 3D models, 3 for 2D)")
-    parser.add_argument("--num-classes", type=int, default=2, help="with --model: output classes (default 2)")
-    parser.add_argument("--checkpoint", nargs="+", type=Path, help="count the models of these checkpoints (training, "
-                        "or converted by rwkvlab.convert) at their training size")
-    args = parser.parse_args(argv)
-    if args.checkpoint and (args.model or args.variants != "all"):
-        parser.error("--checkpoint excludes --model and --variants")
-    if args.model is None and (args.size or args.in_chans is not None):
-        parser.error("--size and --in-chans go with --model")
-    if args.model is not None and args.variants != "all":
-        parser.error("--model and --variants exclude each other")
-    if args.model is not None and not args.size:
-        parser.error("--model needs --size (one side, H W, or D H W)")
-    if args.size and (len(args.size) > 3 or min(args.size) < 1):
-        parser.error(f"--size takes 1 to 3 positive sides, got {' '.join(map(str, args.size))}")
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        if args.checkpoint:
-            table = checkpoint_table(args.checkpoint)
-        elif args.model is not None:
-            rows = model_rows(args.model, args.size, args.num_classes, args.in_chans)
-        else:
-            variants = config.load(args.params).ablate.variants
-            names = None if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
-            rows = variant_rows(variants, names)
-        if not args.checkpoint:
-            table = complexity_table(rows, progress=args.csv != "-")
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.csv == "-":
-        table.to_csv(sys.stdout, index=False)
-    else:
-        print(table.to_string(index=False))
-        if args.csv:
-            from rwkvlab.io import atomic_write
-
-            atomic_write(args.csv, lambda f: table.to_csv(f, index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

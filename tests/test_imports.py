@@ -1,0 +1,86 @@
+"""The library's shape: imports go from the foundations up through data, models, engine and report, with the command
+lines on top, and no two of rwkvlab's top-level modules and packages import each other, directly or around a
+cycle. Every import counts, inside functions too: a lazy import is still a dependency."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "rwkvlab"
+
+# Each top-level module or package of rwkvlab, by layer; an import may only reach the same or a lower layer.
+LAYERS = {
+    "config": 0, "paths": 0, "io": 0, "progress": 0, "metrics": 0, "ops": 0,
+    "data": 1,
+    "models": 2,
+    "engine": 3, "complexity": 3,
+    "report": 4,
+    # command lines and tools, on top: each module's main, every package's __main__, and what only they use
+    "cli": 5, "train": 5, "pretrain": 5, "evaluate": 5, "erf": 5, "predict": 5, "export": 5, "convert": 5,
+    "pipeline": 5, "profile": 5, "notebook": 5, "bench": 5,
+}
+
+
+def unit(module: str) -> str:
+    """The layer unit of a dotted module name: its top-level module or package under rwkvlab; ``cli`` for a
+    package's ``__main__`` (the command line of that package sits on top of it)."""
+    parts = module.split(".")
+    return "cli" if parts[-1] == "__main__" else parts[1]
+
+
+def import_edges() -> dict[tuple[str, str], list[str]]:
+    """``(importer unit, imported unit)`` -> the files where that import is written."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for file in sorted(PACKAGE.rglob("*.py")):
+        parts = file.relative_to(ROOT).with_suffix("").parts
+        if len(parts) == 2 and parts[1] == "__init__":
+            continue  # rwkvlab/__init__.py: the package's lazy entry points, above every layer
+        source = unit(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" if node.module == "rwkvlab" else node.module for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.startswith("rwkvlab.") and unit(target) != source:
+                    edges.setdefault((source, unit(target)), []).append(str(file.relative_to(ROOT)))
+    return edges
+
+
+def test_every_unit_has_a_layer():
+    units = {unit(".".join(f.relative_to(ROOT).with_suffix("").parts)) for f in PACKAGE.glob("*.py")
+             if f.stem != "__init__"} | {d.name for d in PACKAGE.iterdir() if (d / "__init__.py").is_file()}
+    assert units <= set(LAYERS), f"give {sorted(units - set(LAYERS))} a layer in LAYERS"
+
+
+def test_no_import_reaches_a_higher_layer():
+    upward = [f"{a} (layer {LAYERS[a]}) imports {b} (layer {LAYERS[b]}) in {', '.join(sorted(set(files)))}"
+              for (a, b), files in import_edges().items() if LAYERS[b] > LAYERS[a]]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle_between_units():
+    graph: dict[str, set[str]] = {}
+    for a, b in import_edges():
+        graph.setdefault(a, set()).add(b)
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif len(path) < len(LAYERS):
+                visit(nxt, path + [nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert not cycles, "\n".join(sorted(set(cycles)))
+
+
+@pytest.mark.parametrize("edge", [("report", "complexity"), ("engine", "data"), ("models", "ops")])
+def test_the_edges_the_checks_rely_on_are_seen(edge):
+    assert edge in import_edges()  # a parser that saw no import would pass the checks above vacuously
