@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from rwkvlab import config, paths
-from rwkvlab.data import prepare
+from rwkvlab.data.cache import prepare
 from rwkvlab.data.reader import get_reader
 
 ROOT = Path(__file__).resolve().parents[1]

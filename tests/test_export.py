@@ -93,6 +93,14 @@ def test_torchscript_gives_our_logits_at_two_sizes(ckpts, tmp_path, dims):
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def assert_same_labels(got, want, name):
+    """The bundle's labels are predict's, up to near-ties: the traced graph runs PyTorch's convolutions and the
+    reference Bi-WKV, predict rwkvlab's CPU kernels, and logits ~1e-6 apart flip a voxel whose two best classes tie
+    (1 of 36,864 in the demo volume on one CPU, none on another). A wrong preprocessing or window moves thousands."""
+    assert got.shape == want.shape, name
+    assert np.count_nonzero(got != want) <= max(1, got.size // 10_000), (name, np.count_nonzero(got != want))
+
+
 def bundle(ckpt, out, *extra):
     """Export and verify a bundle as its docs/README.md says, with MONAI's functions behind ``python -m
     monai.bundle`` (whose command line needs the package fire)."""
@@ -118,7 +126,7 @@ def test_bundle_labels_the_demo_photos_as_predict(ckpts, tmp_path, which):
     seen = set()
     for name in names:
         want, got = (np.asarray(Image.open(tmp_path / d / name)) for d in ("predict_out", "bundle_out"))
-        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert_same_labels(got, want, name)
         seen |= set(np.unique(want).tolist())
     assert len(seen) > 1  # not two blank maps
 
@@ -132,7 +140,7 @@ def test_bundle_labels_a_demo_volume_as_predict(ckpts, tmp_path):
         dataset_dir=str(volumes), output_dir=str(tmp_path / "bundle_out"))
     predict_files(ckpts["3d"], volumes, tmp_path / "predict_out", CPU, overlay=False, window=(-125, 275))
     want, got = (nib.load(tmp_path / d / "demo_001_0000_labels.nii.gz") for d in ("predict_out", "bundle_out"))
-    np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(want.dataobj))
+    assert_same_labels(np.asarray(got.dataobj), np.asarray(want.dataobj), "demo_001")
     np.testing.assert_allclose(got.affine, want.affine)
     assert len(np.unique(np.asarray(want.dataobj))) > 2
 

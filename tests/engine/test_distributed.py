@@ -273,6 +273,7 @@ def test_torchrun_passes_the_selection_to_the_script(run):
 
     from rwkvlab.train import _selection_args
 
-    args = _selection_args(0, run, "demo", "rwkv_unet_t", None, None)
+    out = None if run else Path("/tmp/adhoc")  # a configured run as its stage (--stage); an ad-hoc one under --out
+    args = _selection_args(0, run, "demo", "rwkv_unet_t", None, None, out)
     parsed = get_args_parser().parse_args(torchrun_command(2, "rwkvlab.train", args)[3:])
     assert parsed.module and parsed.training_script == "rwkvlab.train" and parsed.training_script_args == args

@@ -11,7 +11,8 @@ import torch
 import rwkvlab
 from rwkvlab import config, paths
 from rwkvlab.convert import convert
-from rwkvlab.data import load_prepared, prepare
+from rwkvlab.data import load_prepared
+from rwkvlab.data.cache import prepare
 from rwkvlab.data.loader import to_tensor
 from rwkvlab.data.reader import get_reader
 from rwkvlab.evaluate import main

@@ -91,7 +91,7 @@ def test_train_init_replaces_the_runs_init(monkeypatch, tmp_path):
 
 def test_each_split_seed_trains_with_its_own_seed(p, monkeypatch):
     seen = []
-    monkeypatch.setattr(runs, "fit", lambda *args, seed, **kwargs: seen.append(seed))
+    monkeypatch.setattr("rwkvlab.engine.train.fit", lambda *args, seed, **kwargs: seen.append(seed))
     for split in (0, 2):
         runs.train(p, runs.configured_run(p, "demo-t", split), torch.device("cpu"), data=object())
     assert seen == [p.base.seed, p.base.seed + 2]

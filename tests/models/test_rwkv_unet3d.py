@@ -182,8 +182,10 @@ def fingerprint(name, **kwargs):
 
 # Measured on the code before the blocks took a spatial rank (docs §18), the weights and outputs re-measured when
 # the CCM began keeping PyTorch's default initialisation as the release does (docs §21; the keys did not move).
-# The output checksum has a float32 tolerance, for machines whose vector units round differently; keys and weights
-# must not move at all.
+# Keys must not move at all. The weights' sum moves in its ninth digit between CPUs whose vector units evaluate the
+# initialisers' float32 math differently (AMD EPYC AVX2 against Intel Xeon AVX512), so it is compared to 1e-7, a
+# far finer than any change of an initialiser (the CCM's default init moved it by 30%); the
+# output checksum has a float32 tolerance for the same reason.
 FINGERPRINTS_2D = [
     ({}, ("7234be74cce5d946", 4968.680323988173, 0.45578975242108577)),
     ({"wkv_init": "vrwkv", "norm": "pre", "channel_mix": True},
@@ -196,5 +198,5 @@ FINGERPRINTS_2D = [
 def test_2d_model_did_not_move(kwargs, expected):
     keys, weights, out = fingerprint("rwkv_unet_t", **kwargs)
     assert keys == expected[0]
-    assert weights == pytest.approx(expected[1], rel=1e-12)
+    assert weights == pytest.approx(expected[1], rel=1e-7)
     assert out == pytest.approx(expected[2], rel=1e-4, abs=1e-6)
