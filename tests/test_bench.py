@@ -222,15 +222,21 @@ def test_startup_times_exactly_a_notebooks_imports(tmp_path):
     from rwkvlab.bench.startup import format_startup, measure_startup, notebook_imports
 
     cells = [{"cell_type": "markdown", "source": ["import nothing"]},
-             {"cell_type": "code", "source": ["%matplotlib inline\n"]},  # a magic: not Python, skipped
-             {"cell_type": "code", "source": ["import json\n", "from pathlib import (Path,\n", "    PurePath)\n",
+             {"cell_type": "code", "source": ["%matplotlib inline\n",  # a magic: not Python, blanked
+                                              "import json\n", "from pathlib import (Path,\n", "    PurePath)\n",
                                               "x = 1\n"]},
-             {"cell_type": "code", "source": ["if x:\n", "    import colorsys\n", "import torch\n"]}]
+             {"cell_type": "code", "source": ["if x:\n", "    import colorsys\n", "import torch\n",
+                                              "from time import perf_counter as start\n"]}]
     nb = tmp_path / "09_fake.ipynb"
     nb.write_text(json.dumps({"cells": cells}))
-    assert notebook_imports(nb) == "import json\nfrom pathlib import Path, PurePath\nimport torch"
+    assert notebook_imports(nb) == ("import json\nfrom pathlib import Path, PurePath\nimport torch\n"
+                                    "from time import perf_counter as start")  # a name the probe itself uses
     (row,) = measure_startup([nb], repeats=1)
     assert row.notebook == "09_fake" and row.seconds > 0 and row.heavy == ()  # torch alone loads none of them
     assert row.slowest[0][0] == "torch"
+    broken = tmp_path / "10_broken.ipynb"
+    broken.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["import no_such_package\n"]}]}))
+    with pytest.raises(RuntimeError, match=r"(?s)10_broken.ipynb: its imports fail .*no_such_package"):
+        measure_startup([broken], repeats=1)
     lines = format_startup([row])
     assert lines[2].startswith("09_fake") and lines[-1].split()[-1] == f"{row.seconds:.2f}"

@@ -20,7 +20,8 @@ from pathlib import Path
 __all__ = ["StartupRow", "notebook_imports", "measure_startup", "format_startup"]
 
 HEAVY = ("monai", "torchvision", "torch._dynamo")
-_PROBE = ("import json, sys, time\nstart = time.perf_counter()\nexec(compile(sys.argv[1], 'imports', 'exec'))\n"
+# The imports run in a namespace of their own: a notebook importing a name like ``start`` must not replace the clock.
+_PROBE = ("import json, sys, time\nstart = time.perf_counter()\nexec(compile(sys.argv[1], 'imports', 'exec'), {})\n"
           "print(json.dumps({'seconds': time.perf_counter() - start, 'heavy': [m for m in %r if m in sys.modules]}))")
 
 
@@ -41,10 +42,9 @@ def notebook_imports(path: Path) -> str:
     for cell in cells:
         if cell["cell_type"] != "code":
             continue
-        try:
-            tree = ast.parse("".join(cell["source"]))
-        except SyntaxError:  # IPython magics: this cell imports nothing we can measure
-            continue
+        # IPython's line magics (%matplotlib inline) and shell lines are not Python: blank them, keep the rest
+        source = "".join(cell["source"]).splitlines()
+        tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source))
         statements += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     return "\n".join(statements)
 
@@ -64,12 +64,20 @@ def _slowest(imports: str, n: int = 3) -> tuple[tuple[str, float], ...]:
 
 
 def measure_startup(notebooks: list[Path], repeats: int = 3) -> list[StartupRow]:
-    """Each notebook's imports, timed ``repeats`` times in fresh processes (median)."""
+    """Each notebook's imports, timed ``repeats`` times in fresh processes (median).
+
+    Raises:
+        RuntimeError: a notebook's imports fail (naming the notebook, with the traceback).
+    """
     rows = []
     for path in notebooks:
         imports = notebook_imports(path)
-        runs = [json.loads(subprocess.run([sys.executable, "-c", _PROBE % (HEAVY,), imports], capture_output=True,
-                                          text=True, check=True).stdout) for _ in range(repeats)]
+        runs = []
+        for _ in range(repeats):
+            out = subprocess.run([sys.executable, "-c", _PROBE % (HEAVY,), imports], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"{path}: its imports fail in a fresh process:\n{out.stderr[-2000:]}")
+            runs.append(json.loads(out.stdout))
         rows.append(StartupRow(path.stem, statistics.median(r["seconds"] for r in runs), tuple(runs[0]["heavy"]),
                                _slowest(imports)))
     return rows
