@@ -85,8 +85,9 @@ def _getattr_nodes(tree: ast.Module) -> set[int]:
 # cached on the source text: every stage's closure walks the same modules (check: 4 s -> 0.6 s); a process is
 # assumed not to add or remove modules between calls
 @functools.lru_cache(maxsize=None)
-def _imports(source: str, module: str, is_package: bool, root: Path = ROOT) -> frozenset[str]:
-    """Our modules that ``source`` (the code of ``module``) imports or starts by name."""
+def _imports(source: str, module: str, is_package: bool, root: Path = ROOT, started: bool = True) -> frozenset[str]:
+    """Our modules that ``source`` (the code of ``module``) imports or, with ``started``, starts by name in another
+    process (a stage depends on both; the layers of tests/test_imports.py only on the imports)."""
     tree = ast.parse(source)
     skip = _getattr_nodes(tree)
     found: set[str] = set()
@@ -112,7 +113,7 @@ def _imports(source: str, module: str, is_package: bool, root: Path = ROOT) -> f
                     init = _file(target, root)
                     lazy = _lazy_imports(ast.parse(init.read_text())) if init else set()
                     found.update(lazy)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+        elif started and isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 node.value.startswith(PACKAGE + ".") and _file(node.value, root) is not None:
             found.add(node.value)  # a module started by name: ["-m", "rwkvlab.train"], torchrun
     if is_package and "iter_modules(__path__)" in source:  # a package that imports all its modules (registries)

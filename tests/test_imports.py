@@ -2,10 +2,11 @@
 lines on top, and no two of rwkvlab's top-level modules and packages import each other, directly or around a
 cycle. Every import counts, inside functions too: a lazy import is still a dependency."""
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from rwkvlab.pipeline import _imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rwkvlab"
@@ -31,23 +32,20 @@ def unit(module: str) -> str:
 
 
 def import_edges() -> dict[tuple[str, str], list[str]]:
-    """``(importer unit, imported unit)`` -> the files where that import is written."""
+    """``(importer unit, imported unit)`` -> the files where that import is written, as the pipeline's own parser
+    reads them (:func:`rwkvlab.pipeline._imports`, relative and lazy imports resolved; modules a file only starts in
+    another process, ``torchrun -m rwkvlab.pretrain``, are not imports)."""
     edges: dict[tuple[str, str], list[str]] = {}
     for file in sorted(PACKAGE.rglob("*.py")):
         parts = file.relative_to(ROOT).with_suffix("").parts
-        if len(parts) == 2 and parts[1] == "__init__":
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        if module == "rwkvlab":
             continue  # rwkvlab/__init__.py: the package's lazy entry points, above every layer
-        source = unit(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = [f"{node.module}.{a.name}" if node.module == "rwkvlab" else node.module for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                continue
-            for target in targets:
-                if target.startswith("rwkvlab.") and unit(target) != source:
-                    edges.setdefault((source, unit(target)), []).append(str(file.relative_to(ROOT)))
+        source = unit(module)
+        for target in _imports(file.read_text(), module, is_package, started=False):
+            if target != "rwkvlab" and unit(target) != source:
+                edges.setdefault((source, unit(target)), []).append(str(file.relative_to(ROOT)))
     return edges
 
 
