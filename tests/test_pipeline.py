@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
+
+# the GPU machine runs `pytest -m cuda` over tests/ without the pipeline's packages: skip, do not break collection
+nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

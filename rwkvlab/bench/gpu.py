@@ -114,12 +114,17 @@ def format_gpu_summary(device_name: str, checks: Sequence[GpuCheck], limit_s: fl
 
 
 def _gpu_check(name: str, fn: Callable[[], tuple[bool, str]]) -> GpuCheck:
+    print(f"[bench gpu] {name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         ok, detail = fn()
     except Exception as err:  # noqa: BLE001 - one failing part must not hide the others' results
         ok, detail = False, f"{type(err).__name__}: {err}"
-    return GpuCheck(name, ok, time.perf_counter() - start, detail)
+    check = GpuCheck(name, ok, time.perf_counter() - start, detail)
+    # each part's result as soon as it is known: a run killed at the machine's time limit keeps the parts it finished
+    print(f"[bench gpu] {'PASS' if ok else 'FAIL'} {name} in {check.seconds:.1f} s\n{detail}", file=sys.stderr,
+          flush=True)
+    return check
 
 
 def build_kernel() -> str:
