@@ -138,7 +138,7 @@ def cuda_tests() -> tuple[bool, str]:
     """The tests marked ``cuda``, in a fresh process; whether they passed and pytest's last line."""
     from rwkvlab.ops._cpu import REPO_ROOT
 
-    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider",
                           str(REPO_ROOT / "tests")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     return out.returncode == 0, (out.stdout.strip().splitlines() or ["no output"])[-1]
 
