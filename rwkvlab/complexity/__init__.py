@@ -46,12 +46,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from rwkvlab.models import create_model
+from rwkvlab.models import create_model, model_cards
 from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Complexity", "Row", "MODEL_ROWS", "count_macs", "model_complexity", "trained_complexity", "model_rows",
+__all__ = ["Complexity", "Row", "paper_rows", "count_macs", "model_complexity", "trained_complexity", "model_rows",
            "complexity_table", "checkpoint_table"]
 
 NORM_OPS = 4  # thop: 2 per element, doubled for an affine norm
@@ -223,17 +223,15 @@ class Row:
     paper_flops_g: float | None
 
 
-# The registered models at the settings the paper counts them: the binary table (256, 1 class), the
-# Synapse tables (224, 9 classes) and Table 1 (the encoders alone at 224).
-MODEL_ROWS = [
-    ("rwkv_unet_t", "rwkv_unet_t", 256, 1, 3.70), ("rwkv_unet_s", "rwkv_unet_s", 256, 1, 7.64),
-    ("rwkv_unet_b", "rwkv_unet_b", 256, 1, 14.50), ("rwkv_unet_b@224x9", "rwkv_unet_b", 224, 9, 11.11),
-    ("rwkv_enc_t", "rwkv_enc_t", 224, 0, 1.83), ("rwkv_enc_s", "rwkv_enc_s", 224, 0, 4.73),
-    ("rwkv_enc_b", "rwkv_enc_b", 224, 0, 8.96),
-    ("unet", "unet", 256, 1, 12.16), ("att_unet", "att_unet", 256, 1, 16.78), ("unet_pp", "unet_pp", 256, 1, 34.71),
-    ("r50_unet", "r50_unet", 256, 1, 9.72), ("transunet", "transunet", 256, 1, 33.42),
-    ("swin_unet", "swin_unet", 256, 1, None),
-]
+def paper_rows() -> list[Row]:
+    """Every registered model at each setting its card says the paper counts it at (the binary table: 256, 1 class;
+    the Synapse tables: 224, 9 classes; Table 1: the encoders alone at 224), with the paper's figure."""
+    rows = []
+    for name, card in model_cards().items():
+        for i, count in enumerate(card.paper_counts):
+            label = name if i == 0 else f"{name}@{count.size}x{count.num_classes}"
+            rows.append(Row(label, name, {}, count.size, count.num_classes, count.flops_g))
+    return rows
 
 
 def model_rows(models: Iterable[str], size: Sequence[int], num_classes: int = 2,

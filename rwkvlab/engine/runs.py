@@ -27,7 +27,7 @@ from rwkvlab.io import atomic_write
 from rwkvlab.data import Prepared, load_prepared
 from rwkvlab.engine.evaluate import evaluate_split, write_evaluation
 from rwkvlab.engine.inference import SlidingWindow, load_trained, spatial_dims
-from rwkvlab.models import create_model
+from rwkvlab.models import create_model, model_card
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +171,20 @@ def ablation_run(p: Params, variant: str) -> Run:
 
 
 def pretrained_encoder(p: Params, model: str, kwargs: dict[str, Any], variant: str) -> str | None:
-    """The ``init`` of a pretrained protocol: ``pretrain/rwkv_enc_<size>`` for ``rwkv_unet_<size>``; ``None`` for a
-    timm encoder (Table 6), whose ImageNet weights cannot be downloaded here.
+    """The ``init`` of a pretrained protocol: ``pretrain/<encoder>`` for the encoder on the model's card
+    (``rwkv_enc_t`` for ``rwkv_unet_t``); ``None`` for a timm encoder (Table 6), whose ImageNet weights cannot be
+    downloaded here.
 
     Raises:
-        ValueError: the encoder is not one of ``pretrain.models`` (no stage writes its weights).
+        ValueError: the model's card names no encoder, or the encoder is not one of ``pretrain.models`` (no stage
+            writes its weights).
     """
     if kwargs.get("encoder", "rwkv") != "rwkv":
         return None
-    encoder = model.replace("rwkv_unet_", "rwkv_enc_")
+    encoder = model_card(model).pretrain_encoder
+    if encoder is None:
+        raise ValueError(f"params.yaml: variant {variant} trains under a pretrained protocol, but {model} has no "
+                         f"pretraining encoder (rwkvlab.models.model_card({model!r}).pretrain_encoder)")
     if encoder not in p.pretrain.models:
         raise ValueError(f"params.yaml: variant {variant} trains under a pretrained protocol from {encoder}, which "
                          f"is not in pretrain.models {list(p.pretrain.models)}")

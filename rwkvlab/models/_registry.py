@@ -1,25 +1,109 @@
-"""Name -> constructor registry; the single way code outside ``models/`` builds a model."""
+"""Name -> constructor registry with one card per model; the single way code outside ``models/`` builds a model.
+
+A model is declared once: ``@register_model(ModelCard(...))`` beside its constructor, as timm keeps a
+``pretrained_cfg`` next to ``@register_model``. The card holds what reports, complexity counts, pretraining and tests
+need to know without building it (its label, the paper's rows and counts, its input rule, its pretraining encoder).
+"""
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_from_checkpoint", "read_checkpoint", "load_model"]
+__all__ = ["ModelCard", "PaperCount", "register_model", "create_model", "list_models", "model_card", "model_cards",
+           "model_from_checkpoint", "read_checkpoint", "load_model"]
+
+
+@dataclass(frozen=True)
+class PaperCount:
+    """A setting the paper counts the model at: one ``size`` x ``size`` image with ``num_classes`` classes (0: an
+    encoder without its head), and the FLOPs (G) it prints there (``None``: the paper prints none)."""
+
+    size: int
+    num_classes: int
+    flops_g: float | None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What is known about a registered model without building it.
+
+    Attributes:
+        label: its short name in tables and figures ("U-Net", "RWKV-UNet-T").
+        build: how it is built, in one line ("MONAI BasicUNet (32..512), deconv up").
+        spatial_dims: 2 for images, 3 for volumes.
+        size_divisor: the input-size rule of its default build (``int`` for H and W, one per axis in 3D); the built
+            model declares the same as ``size_divisor``.
+        task: ``segmentation``, or ``classification`` for an encoder with its pretraining head.
+        paper_rows: comparison table (``rwkvlab.report.comparison.COMPARISON_TABLES`` key: binary, table3, ...) ->
+            the method's row name in that published table; our rows of the model follow it.
+        paper_counts: the settings the paper counts parameters and FLOPs at (docs §11); the first is the model's
+            row of the complexity table, the others are labelled ``name@<size>x<classes>``.
+        pretrain_encoder: the registered encoder whose pretraining weights a pretrained protocol starts it from.
+        notes: why the build or its counts differ from the paper's (one or two sentences).
+    """
+
+    label: str
+    build: str
+    spatial_dims: Literal[2, 3] = 2
+    size_divisor: int | tuple[int, ...] = 16
+    task: Literal["segmentation", "classification"] = "segmentation"
+    paper_rows: dict[str, str] = field(default_factory=dict)
+    paper_counts: tuple[PaperCount, ...] = ()
+    pretrain_encoder: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label or not self.build:
+            raise ValueError(f"a model card needs a label and a build line, got {self}")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.task not in ("segmentation", "classification"):
+            raise ValueError(f"task must be segmentation or classification, got {self.task!r}")
+        rule = self.size_divisor
+        if isinstance(rule, tuple) != (self.spatial_dims == 3) or (isinstance(rule, tuple) and len(rule) != 3):
+            raise ValueError(f"size_divisor {rule!r}: an int for a 2D model, one per axis (D, H, W) for a 3D one")
+
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CARDS: dict[str, ModelCard] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its function name."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(card: ModelCard) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register the decorated constructor under its function name, with its card.
+
+    Example:
+        >>> @register_model(ModelCard("My-UNet", "MONAI BasicUNet, 16..256", size_divisor=16))
+        ... def my_unet(in_chans: int = 3, num_classes: int = 2) -> nn.Module: ...
+    """
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"register_model takes the model's ModelCard, got {type(card).__name__}: "
+                        f"write @register_model(ModelCard(...)) above the constructor")
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _MODELS:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _MODELS[fn.__name__], _CARDS[fn.__name__] = fn, card
+        return fn
+
+    return register
+
+
+def model_card(name: str) -> ModelCard:
+    """The card of registered model ``name``."""
+    if name not in _CARDS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return _CARDS[name]
+
+
+def model_cards(task: str | None = None) -> dict[str, ModelCard]:
+    """Every registered model's card in the order of registration, or those of one ``task``."""
+    return {n: c for n, c in _CARDS.items() if task is None or c.task == task}
 
 
 def list_models(pattern: str = "*") -> list[str]:

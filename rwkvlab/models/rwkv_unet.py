@@ -17,7 +17,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rwkvlab.models._registry import register_model
+from rwkvlab.models._registry import ModelCard, PaperCount, register_model
 from rwkvlab.models.layers import (ChannelLayerNorm, ConvBNAct, SqueezeExcite, batch_norm_nd, conv_nd, relu_sq,
                                    sigmoid_gate, token_mix)
 from rwkvlab.ops import bi_wkv, bi_wkv_release
@@ -721,57 +721,77 @@ def _create3d(size: str, in_chans: int, num_classes: int, **overrides) -> RWKVUN
     return _create(size, in_chans, num_classes, **overrides)
 
 
-@register_model
+def _paper_rows(label: str) -> dict[str, str]:
+    """The paper's rows of one RWKV-UNet size: its name in the binary table, "<name> (ours)" in Tables 3-5."""
+    return {"binary": label, **{table: f"{label} (ours)" for table in ("table3", "table4", "table5")}}
+
+
+def _card(size: str, label: str, *counts: PaperCount) -> ModelCard:
+    return ModelCard(label, f"rwkvlab RWKV-UNet-{size.upper()}", paper_rows=_paper_rows(label), paper_counts=counts,
+                     pretrain_encoder=f"rwkv_enc_{size}")
+
+
+def _encoder_card(size: str, flops_g: float) -> ModelCard:
+    return ModelCard(f"RWKV-UNet-{size.upper()} encoder", f"rwkvlab RWKV-UNet-{size.upper()} encoder + ImageNet head",
+                     task="classification", paper_counts=(PaperCount(224, 0, flops_g),))
+
+
+def _card3d(size: str) -> ModelCard:
+    return ModelCard(f"RWKV-UNet-3D-{size.upper()}", f"rwkvlab RWKV-UNet-{size.upper()} over volumes (docs §18)",
+                     spatial_dims=3, size_divisor=(16, 16, 16))
+
+
+@register_model(_card("t", "RWKV-UNet-T", PaperCount(256, 1, 3.70)))
 def rwkv_unet_t(in_chans: int = 3, num_classes: int = 2, **overrides) -> RWKVUNet:
     """RWKV-UNet-T: 3.15M parameters."""
     return _create("t", in_chans, num_classes, **overrides)
 
 
-@register_model
+@register_model(_card("s", "RWKV-UNet-S", PaperCount(256, 1, 7.64)))
 def rwkv_unet_s(in_chans: int = 3, num_classes: int = 2, **overrides) -> RWKVUNet:
     """RWKV-UNet-S: 9.70M parameters."""
     return _create("s", in_chans, num_classes, **overrides)
 
 
-@register_model
+@register_model(_card("b", "RWKV-UNet", PaperCount(256, 1, 14.50), PaperCount(224, 9, 11.11)))
 def rwkv_unet_b(in_chans: int = 3, num_classes: int = 2, **overrides) -> RWKVUNet:
     """RWKV-UNet-B: 17.13M parameters."""
     return _create("b", in_chans, num_classes, **overrides)
 
 
-@register_model
+@register_model(_encoder_card("t", 1.83))
 def rwkv_enc_t(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-T encoder with ImageNet head (pretraining): 2.94M parameters without the head."""
     return RWKVEncoder(_cfg("t", overrides), in_chans=in_chans, num_classes=num_classes)
 
 
-@register_model
+@register_model(_encoder_card("s", 4.73))
 def rwkv_enc_s(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-S encoder with ImageNet head (pretraining): 9.42M parameters without the head."""
     return RWKVEncoder(_cfg("s", overrides), in_chans=in_chans, num_classes=num_classes)
 
 
-@register_model
+@register_model(_encoder_card("b", 8.96))
 def rwkv_enc_b(in_chans: int = 3, num_classes: int = 1000, **overrides) -> RWKVEncoder:
     """RWKV-UNet-B encoder with ImageNet head (pretraining): 16.69M parameters without the head."""
     return RWKVEncoder(_cfg("b", overrides), in_chans=in_chans, num_classes=num_classes)
 
 
-@register_model
+@register_model(_card3d("t"))
 def rwkv_unet3d_t(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
     """Volumetric RWKV-UNet-T (docs §18): the widths and depths of RWKV-UNet-T, ``spatial_dims=3``; 3.76M
     parameters."""
     return _create3d("t", in_chans, num_classes, **overrides)
 
 
-@register_model
+@register_model(_card3d("s"))
 def rwkv_unet3d_s(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
     """Volumetric RWKV-UNet-S (docs §18): the widths and depths of RWKV-UNet-S, ``spatial_dims=3``; 10.67M
     parameters."""
     return _create3d("s", in_chans, num_classes, **overrides)
 
 
-@register_model
+@register_model(_card3d("b"))
 def rwkv_unet3d_b(in_chans: int = 1, num_classes: int = 2, **overrides) -> RWKVUNet:
     """Volumetric RWKV-UNet-B (docs §18): the widths and depths of RWKV-UNet-B, ``spatial_dims=3``; 18.37M
     parameters."""

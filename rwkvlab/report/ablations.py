@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from rwkvlab.complexity import MODEL_ROWS, Row
+from rwkvlab.complexity import Row, paper_rows
 from rwkvlab.report.figures import label_points, new_figure
 from rwkvlab.report.tables import paper_table, write_table
 
@@ -231,7 +231,7 @@ def variant_rows(variants: dict[str, Any], names: Iterable[str] | None = None) -
         variants: name -> :class:`rwkvlab.config.Variant`.
         names: only these (model or variant names); ``None`` for all.
     """
-    rows = [Row(v, m, {}, s, c, f) for v, m, s, c, f in MODEL_ROWS]
+    rows = paper_rows()
     for name, v in variants.items():
         flops = paper_row(v.table, v.row).get("flops_g") if v.row else None
         rows.append(Row(name, v.model, dict(v.kwargs), v.size, v.num_classes, flops))

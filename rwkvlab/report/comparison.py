@@ -17,56 +17,49 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rwkvlab.complexity import Complexity, model_complexity
+from rwkvlab.models import model_card, model_cards
 from rwkvlab.report.ablations import _number, draw_bubbles, label_bubbles
 from rwkvlab.report.figures import new_figure
 from rwkvlab.report.tables import PAPER_COLUMNS, paper_table, write_table
 
-__all__ = ["COMPARISON_TABLES", "COMPARISON_NOTES", "BASELINE_NOTES", "results_table", "comparison_tables",
+__all__ = ["COMPARISON_TABLES", "COMPARISON_NOTES", "results_table", "comparison_tables",
            "write_comparison_tables",
            "baseline_complexity_table", "comparison_chart"]
 
-# Registry name -> the short name of the binary table; our rows are labelled with it.
-LABELS = {"unet": "U-Net", "att_unet": "Att-UNet", "unet_pp": "UNet++", "r50_unet": "R50-UNet",
-          "transunet": "TransUNet", "swin_unet": "Swin-UNet", "rwkv_unet_t": "RWKV-UNet-T",
-          "rwkv_unet_s": "RWKV-UNet-S", "rwkv_unet_b": "RWKV-UNet"}
 # Reader class name -> the paper CSV's column where the two are spelled differently (Synapse's kidneys).
 _CLASS_COLUMNS = {"kidney_left": "kidney_l", "kidney_right": "kidney_r"}
-_RWKV = {"rwkv_unet_t": "RWKV-UNet-T (ours)", "rwkv_unet_s": "RWKV-UNet-S (ours)", "rwkv_unet_b": "RWKV-UNet (ours)"}
 
 
 @dataclass(frozen=True)
 class ComparisonTable:
-    """One of the paper's comparison tables: its CSV, which dataset fills which DSC column, and the published row
-    of each registered model the paper compares against."""
+    """One of the paper's comparison tables: its key, its CSV and which dataset fills which DSC column. The
+    published row of each model lives on the model's card (``ModelCard.paper_rows[key]``)."""
 
+    key: str
     csv: str
     title: str
     datasets: dict[str, str]
-    methods: dict[str, str]
     hd95: str | None = None
     per_class: bool = False  # the columns other than method, dsc and hd95 are per-class DSC
     complexity: bool = False  # params_m and flops_g columns (ours: parameters and MACs at the training size)
 
+    @property
+    def methods(self) -> dict[str, str]:
+        """Registered model -> its published row in this table, for the models the paper compares here."""
+        return {name: card.paper_rows[self.key] for name, card in model_cards().items() if self.key in card.paper_rows}
 
-COMPARISON_TABLES = {
-    "binary": ComparisonTable(
-        "binary", "Binary segmentation (DSC %, 256x256): the paper's table and this study",
+
+COMPARISON_TABLES = {table.key: table for table in (
+    ComparisonTable(
+        "binary", "binary", "Binary segmentation (DSC %, 256x256): the paper's table and this study",
         {d: d for d in ("busi", "cvc_clinicdb", "cvc_colondb", "kvasir_seg", "isic2017", "glas", "psvfm")},
-        {"unet": "U-Net", "r50_unet": "R50-UNet", "att_unet": "Att-UNet", "unet_pp": "UNet++",
-         "transunet": "TransUNet", "rwkv_unet_t": "RWKV-UNet-T", "rwkv_unet_s": "RWKV-UNet-S",
-         "rwkv_unet_b": "RWKV-UNet"}, complexity=True),
-    "table3": ComparisonTable(
-        "synapse", "Table 3: Synapse multi-organ CT (DSC %, HD95 in voxels)", {"synapse": "dsc"},
-        {"unet": "U-Net [1]", "r50_unet": "R50 U-Net [1], [45]", "transunet": "TransUNet [28]",
-         "swin_unet": "SwinUNet [46]", **_RWKV}, hd95="hd95", per_class=True),
-    "table4": ComparisonTable(
-        "acdc", "Table 4: ACDC cardiac MRI (DSC %)", {"acdc": "dsc"},
-        {"r50_unet": "R50 U-Net [1], [45]", "transunet": "TransUNet [28]", "swin_unet": "SwinUNet [46]", **_RWKV},
-        per_class=True),
-    "table5": ComparisonTable(
-        "goals_fugc", "Table 5: GOALS and FUGC 2025 (DSC %)", {"goals": "goals_dsc", "fugc": "fugc_dsc"},
-        {"unet": "U-Net [1]", "transunet": "TransUNet [28]", **_RWKV}),
-}
+        complexity=True),
+    ComparisonTable("table3", "synapse", "Table 3: Synapse multi-organ CT (DSC %, HD95 in voxels)", {"synapse": "dsc"},
+                    hd95="hd95", per_class=True),
+    ComparisonTable("table4", "acdc", "Table 4: ACDC cardiac MRI (DSC %)", {"acdc": "dsc"}, per_class=True),
+    ComparisonTable("table5", "goals_fugc", "Table 5: GOALS and FUGC 2025 (DSC %)",
+                    {"goals": "goals_dsc", "fugc": "fugc_dsc"}),
+)}
 
 _ROWS_NOTE = ("Rows marked (this study): the mean over seeds ± the sample std (ddof 1) where a run has more than one "
               "seed, the single run's value otherwise; `source` names the metrics JSON of each cell ('paper': the "
@@ -84,32 +77,6 @@ COMPARISON_NOTES = {
              "pixels (voxels for volumes), hd95_mm where the data has a spacing; params (M) and MACs (G) at the "
              "training size (`rwkvlab.complexity`)."),
 }
-
-# Builds of the baselines (rwkvlab/models/baselines/__init__.py) and why a count differs from the paper's by
-# more than 5%. Measured with this module's counter at 256x256, 1 class; the sources are the model modules.
-_BUILDS = {
-    "unet": "MONAI BasicUNet (32..512), deconv up", "att_unet": "Attention U-Net at half widths, MONAI blocks",
-    "unet_pp": "MONAI BasicUNetPlusPlus (32..512), deconv up", "r50_unet": "timm resnet50 + U-Net decoder",
-    "transunet": "timm R50-ViT-B/16 hybrid + CUP", "swin_unet": "MONAI SwinUNETR 2D, feature size 48",
-    "rwkv_unet_t": "rwkvlab RWKV-UNet-T", "rwkv_unet_s": "rwkvlab RWKV-UNet-S", "rwkv_unet_b": "rwkvlab RWKV-UNet-B",
-}
-BASELINE_NOTES = {
-    "swin_unet": (
-        "No row in the binary table. No maintained library ships Swin-Unet (Cao et al., 27.17M, cited in Tables "
-        "3-4); MONAI SwinUNETR 2D has the same Swin-T encoder layout with a residual-conv decoder: 25.14M, -7.5%."),
-    "unet": (
-        "Parameters match; MACs do not: MONAI's transposed-conv decoder costs 14.82G of convs. The 4uiiurz1 "
-        "(UNeXt) UNet of VGG blocks with bilinear upsampling, rebuilt and counted the same way, has 7.85M / 14.10G: "
-        "not the paper's build either, which is unpublished."),
-    "unet_pp": (
-        "Parameters match; MACs do not: the paper's 9.16M / 34.71G is the 4uiiurz1 (UNeXt) NestedUNet with "
-        "bilinear upsampling (rebuilt and counted the same way: 9.16M / 34.90G); MONAI upsamples by transposed "
-        "convs, which costs 38.51G."),
-    "transunet": (
-        "Parameters match; MACs +19%, not explained: at 256 the ViT-B linears are 21.74G (256 tokens), the R50 "
-        "hybrid convs 5.14G, the CUP decoder convs 10.33G and the attention products 1.21G (counted x2, docs §10)."),
-}
-
 
 def _class_columns(spec: ComparisonTable) -> list[str]:
     """The per-class DSC columns of a table, in the CSV's order."""
@@ -150,7 +117,7 @@ def _cell(path: Path, summary: Mapping[str, Any], key: str, required: bool = Tru
 def _label(summary: Mapping[str, Any]) -> str:
     kwargs = summary.get("kwargs") or {}
     extra = " " + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items())) if kwargs else ""
-    return f"{LABELS.get(summary['model'], summary['model'])}{extra} (this study)"
+    return f"{model_card(summary['model']).label}{extra} (this study)"
 
 
 def _complexity(run: str, complexity: Mapping[str, Complexity]) -> Complexity:
@@ -308,8 +275,9 @@ def write_comparison_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path) -
 
 
 def baseline_complexity_table() -> pd.DataFrame:
-    """Parameters and MACs of every baseline and RWKV-UNet T/S/B at 256x256, 1 class (the binary table's setting,
-    docs §5, §14) against the paper's counts, with the relative differences and why a count differs.
+    """Parameters and MACs of every registered 2D segmentation model (the baselines and RWKV-UNet T/S/B) at 256x256,
+    1 class (the binary table's setting, docs §5, §14) against the paper's counts, with the relative differences and
+    why a count differs (the model card's ``notes``).
 
     MACs are the paper's FLOPs convention (:mod:`rwkvlab.complexity`), counted on the meta device.
 
@@ -318,7 +286,9 @@ def baseline_complexity_table() -> pd.DataFrame:
     """
     published = paper_table("binary").set_index("method")
     rows = []
-    for model, build in _BUILDS.items():
+    for model, card in model_cards("segmentation").items():
+        if card.spatial_dims != 2:
+            continue
         c = model_complexity(model, 256, 1)
         name = COMPARISON_TABLES["binary"].methods.get(model)
         paper = published.loc[name] if name in published.index else None
@@ -326,11 +296,11 @@ def baseline_complexity_table() -> pd.DataFrame:
         p_flops = None if paper is None else _number(paper["flops_g"])
         params_m, macs_g = c.params / 1e6, c.macs_g
         rows.append({
-            "model": model, "build": build, "params_m": round(params_m, 3), "paper_params_m": p_params,
+            "model": model, "build": card.build, "params_m": round(params_m, 3), "paper_params_m": p_params,
             "params_diff_%": None if p_params is None else round(100 * (params_m / p_params - 1), 2),
             "macs_g": round(macs_g, 3), "paper_flops_g": p_flops,
             "macs_diff_%": None if p_flops is None else round(100 * (macs_g / p_flops - 1), 2),
-            "note": BASELINE_NOTES.get(model, ""),
+            "note": card.notes,
         })
     return pd.DataFrame(rows)
 

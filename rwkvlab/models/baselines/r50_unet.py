@@ -14,7 +14,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from rwkvlab.models._registry import register_model
+from rwkvlab.models._registry import ModelCard, PaperCount, register_model
 from rwkvlab.models.baselines._base import UpConvBlock, check_channels, check_input
 from rwkvlab.models.layers import ConvBNAct
 
@@ -77,7 +77,10 @@ class R50UNet(nn.Module):
         return self.head(self.final_up(d))
 
 
-@register_model
+@register_model(ModelCard(
+    "R50-UNet", "timm resnet50 + U-Net decoder", size_divisor=32,
+    paper_rows={"binary": "R50-UNet", "table3": "R50 U-Net [1], [45]", "table4": "R50 U-Net [1], [45]"},
+    paper_counts=(PaperCount(256, 1, 9.72),)))
 def r50_unet(in_chans: int = 3, num_classes: int = 2,
              decoder_widths: Sequence[int] = (256, 128, 64, 32)) -> R50UNet:
     """R50-UNet: timm ``resnet50`` encoder + U-Net decoder, 28.91M parameters (paper 28.78M)."""

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rwkvlab.models._registry import register_model
+from rwkvlab.models._registry import ModelCard, PaperCount, register_model
 from rwkvlab.models.baselines._base import check_channels, check_input
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,18 @@ class SwinUNet(nn.Module):
         return self.net(x)
 
 
-@register_model
+@register_model(ModelCard(
+    "Swin-UNet", "MONAI SwinUNETR 2D, feature size 48", size_divisor=32,
+    paper_rows={"table3": "SwinUNet [46]", "table4": "SwinUNet [46]"}, paper_counts=(PaperCount(256, 1, None),),
+    notes="No row in the binary table. No maintained library ships Swin-Unet (Cao et al., 27.17M, cited in Tables 3-4); "
+          "MONAI SwinUNETR 2D has the same Swin-T encoder layout with a residual-conv decoder: 25.14M, -7.5%."))
 def swin_unet(in_chans: int = 3, num_classes: int = 2, feature_size: int = 48) -> SwinUNet:
     """Swin-based U-Net: MONAI SwinUNETR 2D, feature size 48, 25.14M parameters (Swin-Unet: 27.17M)."""
     return SwinUNet(in_chans, num_classes, feature_size)
 
 
-@register_model
+@register_model(ModelCard("SwinUNETR-3D", "MONAI SwinUNETR 3D, feature size 48", spatial_dims=3,
+                          size_divisor=(32, 32, 32)))
 def swin_unetr3d(in_chans: int = 1, num_classes: int = 2, feature_size: int = 48) -> SwinUNet:
     """Swin UNETR (Hatamizadeh et al., 2022) in 3D: MONAI SwinUNETR, feature size 48, 62.19M parameters.
 

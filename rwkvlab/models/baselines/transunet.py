@@ -20,7 +20,7 @@ from typing import Sequence
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from rwkvlab.models._registry import register_model
+from rwkvlab.models._registry import ModelCard, PaperCount, register_model
 from rwkvlab.models.baselines._base import UpConvBlock, check_channels, check_input
 from rwkvlab.models.layers import ConvBNAct
 
@@ -92,7 +92,12 @@ class TransUNet(nn.Module):
         return self.head(d)
 
 
-@register_model
+@register_model(ModelCard(
+    "TransUNet", "timm R50-ViT-B/16 hybrid + CUP",
+    paper_rows={"binary": "TransUNet", **{table: "TransUNet [28]" for table in ("table3", "table4", "table5")}},
+    paper_counts=(PaperCount(256, 1, 33.42),),
+    notes="Parameters match; MACs +19%, not explained: at 256 the ViT-B linears are 21.74G (256 tokens), the R50 "
+          "hybrid convs 5.14G, the CUP decoder convs 10.33G and the attention products 1.21G (counted x2, docs §10)."))
 def transunet(in_chans: int = 3, num_classes: int = 2, img_size: int = 224) -> TransUNet:
     """TransUNet (R50-ViT-B/16 + CUP), 105.28M parameters with the 224 grid (paper 105.3M)."""
     return TransUNet(in_chans, num_classes, img_size)

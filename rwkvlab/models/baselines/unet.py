@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from rwkvlab.models._registry import register_model
+from rwkvlab.models._registry import ModelCard, PaperCount, register_model
 from rwkvlab.models.baselines._base import check_channels, check_input
 
 logger = logging.getLogger(__name__)
@@ -157,13 +157,20 @@ class AttentionUNet(nn.Module):
         return self.head(d)
 
 
-@register_model
+@register_model(ModelCard(
+    "U-Net", "MONAI BasicUNet (32..512), deconv up", paper_rows={"binary": "U-Net", "table3": "U-Net [1]",
+                                                                 "table5": "U-Net [1]"},
+    paper_counts=(PaperCount(256, 1, 12.16),),
+    notes="Parameters match; MACs do not: MONAI's transposed-conv decoder costs 14.82G of convs. The 4uiiurz1 (UNeXt) "
+          "UNet of VGG blocks with bilinear upsampling, rebuilt and counted the same way, has 7.85M / 14.10G: not the "
+          "paper's build either, which is unpublished."))
 def unet(in_chans: int = 3, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
     """U-Net (Ronneberger et al., 2015) as MONAI ``BasicUNet``, 7.78M parameters (paper 7.77M)."""
     return MonaiUNet(False, in_chans, num_classes, features)
 
 
-@register_model
+@register_model(ModelCard("3D U-Net", "MONAI BasicUNet 3D (32..512), BatchNorm + ReLU", spatial_dims=3,
+                          size_divisor=(16, 16, 16)))
 def unet3d(in_chans: int = 1, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
     """3D U-Net: MONAI ``BasicUNet`` with ``spatial_dims=3``, BatchNorm + ReLU, 22.63M parameters (1 in, 4 classes).
 
@@ -172,13 +179,19 @@ def unet3d(in_chans: int = 1, num_classes: int = 2, features: Sequence[int] = FE
     return MonaiUNet(False, in_chans, num_classes, features, spatial_dims=3)
 
 
-@register_model
+@register_model(ModelCard(
+    "UNet++", "MONAI BasicUNetPlusPlus (32..512), deconv up", paper_rows={"binary": "UNet++"},
+    paper_counts=(PaperCount(256, 1, 34.71),),
+    notes="Parameters match; MACs do not: the paper's 9.16M / 34.71G is the 4uiiurz1 (UNeXt) NestedUNet with bilinear "
+          "upsampling (rebuilt and counted the same way: 9.16M / 34.90G); MONAI upsamples by transposed convs, which "
+          "costs 38.51G."))
 def unet_pp(in_chans: int = 3, num_classes: int = 2, features: Sequence[int] = FEATURES) -> MonaiUNet:
     """UNet++ (Zhou et al., 2018) as MONAI ``BasicUNetPlusPlus``, 9.12M parameters (paper 9.16M)."""
     return MonaiUNet(True, in_chans, num_classes, features)
 
 
-@register_model
+@register_model(ModelCard("Att-UNet", "Attention U-Net at half widths, MONAI blocks", paper_rows={"binary": "Att-UNet"},
+                           paper_counts=(PaperCount(256, 1, 16.78),)))
 def att_unet(in_chans: int = 3, num_classes: int = 2,
              channels: Sequence[int] = (32, 64, 128, 256, 512)) -> AttentionUNet:
     """Attention U-Net (Oktay et al., 2018) at half the original widths, 8.73M parameters (paper 8.73M)."""
