@@ -10,7 +10,7 @@ What each one is (its build, label, rows of the paper and counts) is on its card
 """
 
 # the import order is the order of the report's rows
-from rwkvlab.models.baselines import unet, r50_unet, transunet, swin_unet  # noqa: F401  (register the baselines)
+from rwkvlab.models.baselines import unet, r50_unet, transunet, swin_unet, segresnet  # noqa: F401  (register the baselines)
 from rwkvlab.models.baselines._base import check_input
 
 __all__ = ["check_input"]
