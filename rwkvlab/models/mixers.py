@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIXERS",
+    "register_mixer",
     "BiMamba",
     "FocusedLinearAttention",
     "MHSA",
@@ -451,11 +453,24 @@ class BiMamba(nn.Module):
                 "elementwise": per_channel * (2 * (2 * self.d_state + 1) + 1)}
 
 
+# The one registry of token mixers: name -> class taking (dim, **kwargs) and called as (x, hw). RWKV-UNet's own
+# spatial mix registers itself from rwkvlab.models.rwkv_unet; a model's ``mixer: none`` is no mixer, not an entry.
 MIXERS: dict[str, type[nn.Module]] = {
     "mhsa": MHSA,
     "focused_linear": FocusedLinearAttention,
     "bi_mamba": BiMamba,
 }
+
+
+def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register the decorated token-mixer class under ``name`` in :data:`MIXERS`."""
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in MIXERS:
+            raise ValueError(f"mixer {name!r} is registered twice")
+        MIXERS[name] = cls
+        return cls
+
+    return register
 
 
 def create_mixer(name: str, dim: int, **kwargs: Any) -> nn.Module:

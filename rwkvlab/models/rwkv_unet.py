@@ -18,15 +18,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rwkvlab.models._registry import ModelCard, PaperCount, register_model
+from rwkvlab.models.mixers import MIXERS, create_mixer, register_mixer
 from rwkvlab.models.layers import (ChannelLayerNorm, ConvBNAct, SqueezeExcite, batch_norm_nd, conv_nd, relu_sq,
                                    sigmoid_gate, token_mix)
 from rwkvlab.ops import bi_wkv, bi_wkv_release
 
-__all__ = ["MIXERS", "RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock",
+__all__ = ["RWKVUNetCfg", "RWKVEncoder", "TimmEncoder", "RWKVUNet", "SpatialMix", "ChannelMix", "GLSPBlock",
            "CCM", "token_mixer"]
 
 
-MIXERS = ("spatial_mix", "none", "mhsa", "focused_linear", "bi_mamba")
 SCANS = ("raster", "axes")
 WKV_MODES = ("exact", "release")
 
@@ -106,8 +106,8 @@ class RWKVUNetCfg:
     wkv: str = "exact"
 
     def __post_init__(self) -> None:
-        if self.mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {', '.join(MIXERS)}; got {self.mixer!r}")
+        if self.mixer != "none" and self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be none or one of {', '.join(MIXERS)}; got {self.mixer!r}")
         if not set(self.mix_stages) <= {0, 1, 2, 3}:
             raise ValueError(f"mix_stages must be stage indices 0-3; got {self.mix_stages}")
         if not 0 <= self.skips <= 3:
@@ -160,13 +160,6 @@ class RWKVUNetCfg:
         return [(s,) * self.spatial_dims if isinstance(s, int) else tuple(s) for s in self.strides]
 
 
-SIZES: dict[str, RWKVUNetCfg] = {
-    "t": RWKVUNetCfg(depths=(2, 2, 4, 2), dims=(32, 48, 96, 160), expansions=(2.0, 2.5, 3.0, 3.5)),
-    "s": RWKVUNetCfg(depths=(3, 3, 6, 3), dims=(32, 64, 128, 192), expansions=(2.0, 2.5, 3.0, 4.0)),
-    "b": RWKVUNetCfg(depths=(3, 3, 6, 3), dims=(48, 72, 144, 240), expansions=(2.0, 2.5, 4.0, 4.0)),
-}
-
-
 def vrwkv_init(dim: int, layer: int, n_layers: int) -> dict[str, Tensor]:
     """Vision-RWKV's graded initialisation of a spatial mix (its ``init_mode="fancy"``; docs §17).
 
@@ -212,6 +205,7 @@ def axis_fastest(x: Tensor, grid: Sequence[int], axis: int, inverse: bool = Fals
     return x.permute(0, *(a + 1 for a in perm), len(grid) + 1).reshape(n, -1, c)
 
 
+@register_mixer("spatial_mix")
 class SpatialMix(nn.Module):
     """Vision-RWKV spatial mix: Q-shift, token mixing by Bi-WKV, receptance gate (docs §2; volumes §18).
 
@@ -293,12 +287,10 @@ class ChannelMix(nn.Module):
 
 
 def token_mixer(name: str, dim: int, spatial_dims: int = 2, **spatial_mix: Any) -> nn.Module:
-    """The token mixer ``name`` of :data:`MIXERS` (``none`` excluded) over ``dim`` channels of a 2D or 3D token grid;
+    """The token mixer ``name`` of :data:`rwkvlab.models.mixers.MIXERS` over ``dim`` channels of a 2D or 3D token grid;
     ``spatial_mix``: the arguments of :class:`SpatialMix`."""
     if name == "spatial_mix":
         return SpatialMix(dim, **spatial_mix)
-    from rwkvlab.models.mixers import create_mixer  # the ablation mixers (Table 2)
-
     # the others see tokens only, except focused linear attention's conv on v
     return create_mixer(name, dim, **({"spatial_dims": spatial_dims} if name == "focused_linear" else {}))
 
@@ -313,7 +305,7 @@ class GLSPBlock(nn.Module):
         mid_chs: expanded width dm.
         stride: stride of the depthwise convolution (2 downsamples), one for all axes or one per axis.
         norm: input normalisation: BatchNorm (stages 1-2), channel LayerNorm (stages 3-4) or none (stem).
-        mixer: token mixer between expansion and depthwise conv (:data:`MIXERS`), or ``None``.
+        mixer: token mixer between expansion and depthwise conv (:data:`rwkvlab.models.mixers.MIXERS`), or ``None``.
         channel_mix: a Channel Mix residual after the token mixer (paper Table 10).
         se: squeeze-excite after the depthwise conv (stem only).
         skip_allowed: use residuals when the shape allows (din == dout and stride 1).
@@ -693,6 +685,13 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d)):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+SIZES: dict[str, RWKVUNetCfg] = {
+    "t": RWKVUNetCfg(depths=(2, 2, 4, 2), dims=(32, 48, 96, 160), expansions=(2.0, 2.5, 3.0, 3.5)),
+    "s": RWKVUNetCfg(depths=(3, 3, 6, 3), dims=(32, 64, 128, 192), expansions=(2.0, 2.5, 3.0, 4.0)),
+    "b": RWKVUNetCfg(depths=(3, 3, 6, 3), dims=(48, 72, 144, 240), expansions=(2.0, 2.5, 4.0, 4.0)),
+}
 
 
 def _cfg(size: str, overrides: dict) -> RWKVUNetCfg:

@@ -276,5 +276,5 @@ def test_extra_macs_by_hand():
 
 
 def test_create_mixer_unknown_name():
-    with pytest.raises(ValueError, match="mixer must be one of mhsa, focused_linear, bi_mamba; got 'swin'"):
+    with pytest.raises(ValueError, match="mixer must be one of mhsa, focused_linear, bi_mamba, spatial_mix; got 'swin'"):
         create_mixer("swin", 16)

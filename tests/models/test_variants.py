@@ -80,7 +80,7 @@ def test_timm_encoder_widths_come_from_feature_info():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"mixer": "lstm"}, "mixer must be one of"), ({"skips": 5}, "skips must be"),
+    ({"mixer": "lstm"}, "mixer must be none or one of"), ({"skips": 5}, "skips must be"),
     ({"decoder_kernel": 4}, "decoder_kernel must be an odd"), ({"bogus": 1}, r"unknown model keyword argument\(s\) \['bogus'\]"),
     ({"encoder": "not_a_timm_model"}, "is not a timm model"),
 ])
