@@ -347,6 +347,8 @@ class Params:
     report: Report
     # the file it was read from (absolute), so that a stage can hand the same file to its torchrun children
     file: Path | None = field(default=None, init=False, compare=False)
+    # the dotted keys load() replaced, which a torchrun child must replace too to read the same params
+    overrides: dict[str, Any] = field(default_factory=dict, init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_runs(self)
@@ -537,4 +539,5 @@ def load(params_file: str | Path | None = None, **overrides: Any) -> Params:
     _fill_entries(raw)
     params = _convert(raw, Params, str(params_file), params_file.parent)
     object.__setattr__(params, "file", params_file)
+    object.__setattr__(params, "overrides", dict(overrides))
     return params

@@ -80,13 +80,13 @@ def _run(p: config.Params, seed: int, run: str | None = None, dataset: str | Non
 def _selected(p: config.Params, seed: int, run: str | None, dataset: str | None, model: str | None,
               variant: str | None, recipe: str | None) -> runs.Run:
     if run is not None:
-        return runs.configured_run(p, run, seed)
+        return runs.resolve(p, runs.Configured(run, seed))
     if model not in list_models():
         raise ValueError(f"--model: unknown model {model!r}; registered: {', '.join(list_models())}")
     if recipe is not None and recipe not in p.train.recipes:
         raise ValueError(f"--recipe: no recipe train.recipes.{recipe} in the params file; recipes: "
                          f"{', '.join(sorted(p.train.recipes))}")
-    if recipe is None and dataset not in p.train.recipes:
+    if recipe is None and variant is None and dataset not in p.train.recipes:
         raise ValueError(f"--dataset: no recipe train.recipes.{dataset} in the params file (name one with --recipe); "
                          f"recipes: {', '.join(sorted(p.train.recipes))}")
     if dataset not in p.prepare.datasets:
@@ -94,7 +94,7 @@ def _selected(p: config.Params, seed: int, run: str | None, dataset: str | None,
                          f"{', '.join(p.prepare.datasets)}")
     if seed not in p.prepare.split_seeds:
         raise ValueError(f"--seed: {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
-    return runs.train_run(p, dataset, model, variant, seed, recipe)
+    return runs.resolve(p, runs.AdHoc(dataset, model, variant, recipe, seed))
 
 
 def _selection_args(seed: int, run: str | None, dataset: str | None, model: str | None, variant: str | None,
@@ -107,14 +107,13 @@ def _selection_args(seed: int, run: str | None, dataset: str | None, model: str 
             *(["--variant", variant] if variant else []), *(["--recipe", recipe] if recipe else [])]
 
 
-def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
+def launch(p: config.Params, run: str | None = None, seed: int = 0, *, dataset: str | None = None,
            model: str | None = None, variant: str | None = None, recipe: str | None = None,
-           overrides: dict[str, Any] | None = None, nproc: int | None = None,
-           data: Prepared | None = None, out: Path | None = None) -> pd.DataFrame:
+           nproc: int | None = None, data: Prepared | None = None, out: Path | None = None) -> pd.DataFrame:
     """Train one seed of a run: in this process, or under ``torchrun`` when ``nproc > 1``.
 
-    The run is the configured ``train.runs.<run>`` (:func:`runs.configured_run`), or without ``run`` the ad-hoc
-    ``dataset``/``model``/``variant``/``recipe`` (:func:`runs.train_run`), on split ``seed``, written under
+    The run is the configured ``train.runs.<run>``, or without ``run`` the ad-hoc ``dataset``/``model``/``variant``/
+    ``recipe`` (:func:`runs.resolve`), on split ``seed``, written under
     ``out`` (:func:`runs.under`) or, when ``out`` is None, where the stage ``train@<run>`` writes. This is the train
     stage's decision (notebook 02) and the command line's; ``nproc`` defaults to ``train.nproc``. Always resumes
     from the run's ``last.pt`` (written under the same configuration). ``data``, the run's prepared dataset if
@@ -128,8 +127,6 @@ def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0
             devices present, or a recipe that cannot run on them (:func:`rwkvlab.engine.train.check_recipe`).
         subprocess.CalledProcessError: the ``torchrun`` processes failed (their messages are on stderr).
     """
-    overrides = dict(overrides or {})
-    p = config.load(params_file, **overrides)
     selection = (seed, run, dataset, model, variant, recipe, out)
     one = _run(p, *selection)
     device = resolve_device(p.base.device)
@@ -139,7 +136,7 @@ def launch(params_file: str | Path | None, run: str | None = None, seed: int = 0
     if nproc == 1:
         return runs.train(p, one, device, data)
     args = ["--params", str(p.file), *_selection_args(*selection), "--no-evaluate",
-            *(a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
+            *(a for k, v in p.overrides.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
     cmd = torchrun_command(nproc, "rwkvlab.train", args)
     logger.info("launching %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
@@ -164,8 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", "--run-name", dest="run", help="a configured run of train.runs (the stage train@<run>)")
     parser.add_argument("--dataset", help="ad-hoc run: a dataset of prepare.datasets")
     parser.add_argument("--model", help="ad-hoc run: a registered model, e.g. rwkv_unet_t")
-    parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model")
-    parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the dataset's name)")
+    parser.add_argument("--variant", help="ad-hoc run: an ablation variant (ablate.variants) applied to the model, "
+                        "under its protocol's recipe unless --recipe names another")
+    parser.add_argument("--recipe", help="ad-hoc run: a recipe of train.recipes (default: the variant's protocol "
+                        "recipe, else the dataset's name)")
     parser.add_argument("--init", help="encoder weights to start from, replacing the run's init: pretrain/<encoder> or "
                         "a checkpoint file (.pt), e.g. the authors' ImageNet encoder converted by rwkvlab.convert")
     parser.add_argument("--seed", type=int, nargs="+", help="split seeds, trained in turn (default: every seed of "
@@ -210,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if under_torchrun():
                 rank0 = _train_as_rank(p, run)
             else:
-                launch(args.params, args.run, run.split_seed, dataset=args.dataset, model=args.model,
-                       variant=args.variant, recipe=args.recipe, overrides=overrides, nproc=args.nproc, out=out)
+                launch(p, args.run, run.split_seed, dataset=args.dataset, model=args.model,
+                       variant=args.variant, recipe=args.recipe, nproc=args.nproc, out=out)
         if under_torchrun() and not rank0:
             return 0
         if args.evaluate:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rwkvlab import config
-from rwkvlab.engine.runs import ablation_run, resolve_init, train_run
+from rwkvlab.engine.runs import AdHoc, Variant, resolve, resolve_init
 from rwkvlab.report.ablations import (ablation_setting, ablation_tables, bubble_chart, paper_row,
                                       write_ablation_tables)
 
@@ -17,16 +17,16 @@ P = config.load(ROOT / "params.yaml")
 
 
 def test_ablation_run_applies_the_variant():
-    run = ablation_run(P, "pre_digits")
+    run = resolve(P, Variant("pre_digits"))
     assert run.model == P.ablate.model and run.dataset == P.ablate.dataset
     # Table 7's "with, 30": the pretrained-30 protocol, from the encoder of the base model's size
     assert P.ablate.protocol_of("pre_digits") == "pretrained-30"
     assert run.recipe.epochs == P.train.recipes[P.ablate.protocols["pretrained-30"].recipe].epochs
     assert run.init == P.base.checkpoints_dir / "pretrain" / "rwkv_enc_t" / "encoder.pt"
     assert run.checkpoints == P.base.checkpoints_dir / "ablate" / "pre_digits"
-    mhsa = ablation_run(P, "attn_mhsa")
+    mhsa = resolve(P, Variant("attn_mhsa"))
     assert mhsa.model_kwargs == {"mixer": "mhsa"} and mhsa.init is None
-    adhoc = train_run(P, "demo", "rwkv_unet_t", variant="attn_mhsa")
+    adhoc = resolve(P, AdHoc("demo", "rwkv_unet_t", variant="attn_mhsa"))
     assert adhoc.checkpoints.parent.name == "demo-rwkv_unet_t-attn_mhsa"
 
 
@@ -35,9 +35,9 @@ def test_a_variant_can_train_on_its_own_dataset(tmp_path):
     datasets = {**{k: str(v) for k, v in P.prepare.datasets.items()}, "synapse_512": str(tmp_path)}
     with_512 = {"prepare.datasets": datasets, "ablate.trained": ["attn_spatial_mix", "b_512"]}
     p = config.load(ROOT / "params.yaml", **with_512)
-    run = ablation_run(p, "b_512")
+    run = resolve(p, Variant("b_512"))
     assert (run.dataset, run.model_kwargs) == ("synapse_512", {}) and p.prepare.image_size["synapse_512"] == (512, 512)
-    assert ablation_run(p, "attn_spatial_mix").dataset == P.ablate.dataset
+    assert resolve(p, Variant("attn_spatial_mix")).dataset == P.ablate.dataset
     assert p.ablate.trained_as("b_512") == "b_512"
     setting = ablation_setting(p.ablate)
     assert "on their own dataset: b_512 on synapse_512)" in setting and "pre_none_100 = attn_spatial_mix" in setting
@@ -49,7 +49,7 @@ def test_a_variant_can_train_on_its_own_dataset(tmp_path):
 
 def test_paper_base_when_no_demo_model():
     p = config.load(ROOT / "params.yaml", **{"ablate.model": None})
-    assert ablation_run(p, "s_shallow_attn").model == "rwkv_unet_s"
+    assert resolve(p, Variant("s_shallow_attn")).model == "rwkv_unet_s"
 
 
 @pytest.mark.parametrize("override,match", [
@@ -58,12 +58,12 @@ def test_paper_base_when_no_demo_model():
 ])
 def test_bad_variant_settings(override, match):
     with pytest.raises(ValueError, match=match):
-        ablation_run(config.load(ROOT / "params.yaml", **override), "attn_mhsa")
+        resolve(config.load(ROOT / "params.yaml", **override), Variant("attn_mhsa"))
 
 
 def test_unknown_variant_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown ablation variant 'attn_lstm'.*attn_mhsa"):
-        ablation_run(P, "attn_lstm")
+        resolve(P, Variant("attn_lstm"))
     assert resolve_init(P, None) is None
 
 
@@ -129,7 +129,7 @@ def test_paper_profile_trains_each_table_under_the_papers_protocol(tmp_path):
         assert p.ablate.protocol_of(name) == expected, name
         if name not in p.ablate.trained and p.ablate.trained_as(name) is None:
             continue
-        run = ablation_run(p, p.ablate.trained_as(name))
+        run = resolve(p, Variant(p.ablate.trained_as(name)))
         epochs = {"scratch-100": 100, "scratch-30": 30, "pretrained-30": 30}[expected]
         assert run.recipe.epochs == epochs, name
         pretrained = expected == "pretrained-30" and v.kwargs.get("encoder", "rwkv") == "rwkv"

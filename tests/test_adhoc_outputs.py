@@ -68,7 +68,7 @@ def study(tmp_path_factory):
     for file in tracked:  # the study's metrics, tables and figures as committed
         (proj / file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / file, proj / file)
-    launch(proj / "params.yaml", "demo-unet", 0, overrides={"train.recipes.demo.epochs": 1})
+    launch(config.load(proj / "params.yaml", **{"train.recipes.demo.epochs": 1}), "demo-unet", 0)
     assert (paths.run_dir(p, "demo-unet", 0) / "best.pt").is_file()
     return proj
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rwkvlab import config
-from rwkvlab.engine.runs import ablation_run, configured_run
+from rwkvlab.engine.runs import Configured, Variant, resolve
 from rwkvlab.profile import apply_profile, main, read_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_the_paper_profile_is_the_papers_study(paper):
         assert run.seeds == ((0, 1, 2) if run.dataset in THREE_SPLITS else (0,)), name
         # as in the paper, every RWKV-UNet starts from the ImageNet-pretrained encoder of its size
         expected_init = f"pretrain/{run.model.replace('unet', 'enc')}" if run.model.startswith("rwkv_unet_") else None
-        assert run.init == expected_init and configured_run(p, name, run.seeds[0]).recipe.init == expected_init, name
+        assert run.init == expected_init and resolve(p, Configured(name, run.seeds[0])).recipe.init == expected_init, name
     assert (p.ablate.dataset, p.ablate.model) == ("synapse", None)
     assert {n: (x.recipe, x.pretrained) for n, x in p.ablate.protocols.items()} == {
         "scratch-100": ("ablate_synapse", False), "scratch-30": ("ablate_synapse_30", False),
@@ -117,7 +117,7 @@ def test_the_paper_profile_is_the_papers_study(paper):
         "initnorm_release_post": "attn_spatial_mix", "initnorm_release_post_p30": "pre_digits"}
     assert (p.pretrain.models, p.pretrain.recipe, p.erf.n) == (("rwkv_enc_t", "rwkv_enc_s", "rwkv_enc_b"), "imagenet", 50)
     # Table 7's pretrained row starts from the encoder a pretrain stage writes, of its own base model
-    assert ablation_run(p, "pre_digits").init.parent.name == "rwkv_enc_b"
+    assert resolve(p, Variant("pre_digits")).init.parent.name == "rwkv_enc_b"
     # Table 13's row trains and tests at 512 x 512 on Synapse prepared at that size
     assert p.ablate.dataset_of("b_512") == "synapse_512" and p.prepare.image_size["synapse_512"] == (512, 512)
     assert p.prepare.datasets["synapse_512"] == p.prepare.datasets["synapse"]

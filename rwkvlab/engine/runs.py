@@ -31,7 +31,8 @@ from rwkvlab.models import create_model, model_card
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "is_volumetric", "configured_run", "train_run", "ablation_run", "pretrained_encoder", "resolve_init", "load_data",
+__all__ = ["Run", "Configured", "Variant", "AdHoc", "Setting", "Selection", "resolve", "is_volumetric",
+           "pretrained_encoder", "resolve_init", "load_data",
            "under", "describe", "train", "evaluate", "summarize_seeds", "summarize", "read_summary"]
 
 
@@ -90,12 +91,86 @@ def resolve_init(p: Params, init: str | None) -> Path | None:
     return path if path.is_absolute() else (p.file.parent if p.file else Path.cwd()) / path
 
 
-def _with_recipe_fields(recipe: Recipe, fields: dict[str, Any], where: str) -> Recipe:
+@dataclass(frozen=True)
+class Configured:
+    """A run of ``train.runs`` on one of its split seeds: the stages ``train@<name>`` and ``evaluate@<name>``."""
+
+    name: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An ablation variant of ``ablate.variants``: the stage ``ablate@<name>``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class AdHoc:
+    """A run the command line names by its parts (``--dataset/--model``), named ``<dataset>-<model>[-<variant>]``.
+
+    Attributes:
+        variant: an ablation variant whose model settings and recipe fields apply, under its protocol's recipe.
+        recipe: a recipe of ``train.recipes``; default the variant's protocol recipe, else the one named after
+            ``dataset``.
+    """
+
+    dataset: str
+    model: str
+    variant: str | None = None
+    recipe: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A new setting of ``ablate.model`` tried as an ablation variant would be (``explore.try_setting``): trained on
+    the ablation's dataset and split under ``protocol``, into the git-ignored ``data/adhoc/explore/<name>/``."""
+
+    name: str
+    kwargs: dict[str, Any]
+    protocol: str = "scratch-100"
+    recipe_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Selection = Configured | Variant | AdHoc | Setting
+
+
+def resolve(p: Params, selection: Selection, out: Path | None = None) -> Run:
+    """The one way a run is built: its dataset, split, model and settings, its recipe with the protocol's fields and
+    pretrained init applied, and its folders from :mod:`rwkvlab.paths`, for a configured run, an ablation variant,
+    an ad-hoc run or a setting; written under ``out`` (:func:`under`) when given, instead of a stage's folders.
+
+    Raises:
+        ValueError: an unknown run, variant, recipe, protocol, recipe field or seed; a seed a configured run does
+            not train; an ad-hoc run named like a configured run with other settings.
+    """
+    if isinstance(selection, Configured):
+        run = _configured(p, selection)
+    elif isinstance(selection, Variant):
+        run = _variant(p, selection.name)
+    elif isinstance(selection, AdHoc):
+        run = _adhoc(p, selection)
+    elif isinstance(selection, Setting):
+        run = _setting(p, selection)
+    else:
+        raise TypeError(f"resolve takes a Configured, Variant, AdHoc or Setting, got {type(selection).__name__}")
+    return run if out is None else under(run, out)
+
+
+def _recipe(p: Params, base: str, fields: Mapping[str, Any], where: str, model: str, kwargs: Mapping[str, Any],
+            pretrained: bool, variant: str) -> Recipe:
+    """Recipe ``base`` with ``fields`` replaced, from the model's pretrained encoder where ``pretrained`` and the
+    recipe names no init of its own."""
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"params.yaml: {where} has unknown recipe field(s) {unknown}; known: {sorted(known)}")
-    return dataclasses.replace(recipe, **fields)
+    recipe = dataclasses.replace(p.train.recipe(base), **fields)
+    if pretrained and recipe.init is None:
+        recipe = dataclasses.replace(recipe, init=pretrained_encoder(p, model, dict(kwargs), variant))
+    return recipe
 
 
 def _seeded_run(p: Params, name: str, seed: int, dataset: str, model: str, kwargs: dict[str, Any],
@@ -105,15 +180,13 @@ def _seeded_run(p: Params, name: str, seed: int, dataset: str, model: str, kwarg
                history=paths.train_dir(p, name, seed) / "history.csv", evaluation=paths.eval_dir(p, name, seed))
 
 
-def configured_run(p: Params, name: str, seed: int) -> Run:
-    """The run ``train.runs.<name>`` on split ``seed`` (one of its ``seeds``): the stages ``train@<name>`` and
-    ``evaluate@<name>``."""
-    configured = p.train.run(name)
-    if seed not in configured.seeds:
-        raise ValueError(f"params.yaml: train.runs.{name} trains on split seeds {list(configured.seeds)}, "
-                         f"not on seed {seed}")
-    return _seeded_run(p, name, seed, configured.dataset, configured.model, dict(configured.kwargs),
-                       _configured_recipe(p, configured))
+def _configured(p: Params, selection: Configured) -> Run:
+    configured = p.train.run(selection.name)
+    if selection.seed not in configured.seeds:
+        raise ValueError(f"params.yaml: train.runs.{selection.name} trains on split seeds {list(configured.seeds)}, "
+                         f"not on seed {selection.seed}")
+    return _seeded_run(p, selection.name, selection.seed, configured.dataset, configured.model,
+                       dict(configured.kwargs), _configured_recipe(p, configured))
 
 
 def _configured_recipe(p: Params, run: TrainRun) -> Recipe:
@@ -122,52 +195,51 @@ def _configured_recipe(p: Params, run: TrainRun) -> Recipe:
     return recipe if run.init is None else dataclasses.replace(recipe, init=run.init)
 
 
-def train_run(p: Params, dataset: str, model: str, variant: str | None = None, seed: int = 0,
-              recipe: str | None = None) -> Run:
-    """An ad-hoc run (the command line's ``--dataset/--model``), named ``<dataset>-<model>[-<variant>]``.
-
-    Args:
-        recipe: a recipe of ``train.recipes``; default the one named after ``dataset``.
-        variant: an ablation variant whose model settings and recipe fields are applied.
-        seed: the split seed, one of ``prepare.split_seeds``.
-
-    Raises:
-        ValueError: an unknown recipe, variant or seed, or a name that ``train.runs`` configures with other
-            settings (the two would share, and overwrite, one checkpoint folder).
-    """
-    recipe = dataset if recipe is None else recipe
-    run_recipe, kwargs, name = p.train.recipe(recipe), {}, f"{dataset}-{model}"
+def _adhoc(p: Params, selection: AdHoc) -> Run:
+    dataset, model, variant = selection.dataset, selection.model, selection.variant
+    name, kwargs, fields, pretrained = f"{dataset}-{model}", {}, {}, False
+    base = selection.recipe or dataset
     if variant is not None:
         v = p.ablate.variant(variant)
-        kwargs, name = dict(v.kwargs), f"{name}-{variant}"
-        run_recipe = _with_recipe_fields(run_recipe, v.recipe, f"ablate.variants.{variant}.recipe")
-        if p.ablate.protocols[p.ablate.protocol_of(variant)].pretrained and run_recipe.init is None:
-            run_recipe = dataclasses.replace(run_recipe, init=pretrained_encoder(p, model, v.kwargs, variant))
-    if seed not in p.prepare.split_seeds:
-        raise ValueError(f"split seed {seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
+        protocol = p.ablate.protocols[p.ablate.protocol_of(variant)]
+        name, kwargs, fields, pretrained = f"{name}-{variant}", dict(v.kwargs), v.recipe, protocol.pretrained
+        base = selection.recipe or protocol.recipe
+    where = f"ablate.variants.{variant}.recipe" if variant else f"train.recipes.{base}"
+    recipe = _recipe(p, base, fields, where, model, kwargs, pretrained, variant or name)
+    if selection.seed not in p.prepare.split_seeds:
+        raise ValueError(f"split seed {selection.seed} is not one of prepare.split_seeds {list(p.prepare.split_seeds)}")
     if name in p.train.runs:
         c = p.train.runs[name]
-        if (c.dataset, c.model, c.kwargs, _configured_recipe(p, c)) != (dataset, model, kwargs, run_recipe):
+        if (c.dataset, c.model, c.kwargs, _configured_recipe(p, c)) != (dataset, model, kwargs, recipe):
             raise ValueError(f"{name!r} is also a configured run (train.runs.{name}) with other settings; train "
                              f"that one with --run {name}, or pick another recipe or model")
-    return _seeded_run(p, name, seed, dataset, model, kwargs, run_recipe)
+    return _seeded_run(p, name, selection.seed, dataset, model, kwargs, recipe)
 
 
-def ablation_run(p: Params, variant: str) -> Run:
-    """The run of the ablation stage ``ablate@<variant>``: the variant's settings on ``ablate.model`` (or its own
-    base model), trained on ``ablate.dataset`` (or the variant's own ``dataset``) under its table's protocol
-    (:meth:`rwkvlab.config.Ablate.protocol_of`): that protocol's recipe plus the variant's recipe fields, from the
-    pretrained encoder of the base model's size where the protocol is a pretrained one."""
+def _variant(p: Params, variant: str) -> Run:
     v = p.ablate.variant(variant)
     protocol = p.ablate.protocols[p.ablate.protocol_of(variant)]
-    recipe = _with_recipe_fields(p.train.recipe(protocol.recipe), v.recipe, f"ablate.variants.{variant}.recipe")
     model = p.ablate.base_model(variant)
-    if protocol.pretrained and recipe.init is None:
-        recipe = dataclasses.replace(recipe, init=pretrained_encoder(p, model, v.kwargs, variant))
+    recipe = _recipe(p, protocol.recipe, v.recipe, f"ablate.variants.{variant}.recipe", model, v.kwargs,
+                     protocol.pretrained, variant)
     out = paths.ablation_dir(p, variant)
     return Run(name=f"ablate/{variant}", dataset=p.ablate.dataset_of(variant), split_seed=p.ablate.split_seed,
                model=model, model_kwargs=dict(v.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
                checkpoints=paths.ablation_run_dir(p, variant), history=out / "history.csv", evaluation=out)
+
+
+def _setting(p: Params, selection: Setting) -> Run:
+    if selection.protocol not in p.ablate.protocols:
+        raise ValueError(f"try_setting: protocol {selection.protocol!r} is not one of ablate.protocols "
+                         f"{sorted(p.ablate.protocols)}")
+    protocol = p.ablate.protocols[selection.protocol]
+    model = p.ablate.model or p.ablate.variant_defaults["model"]  # the paper profile has no common base model
+    recipe = _recipe(p, protocol.recipe, selection.recipe_fields, "try_setting", model, selection.kwargs,
+                     protocol.pretrained, selection.name)
+    out = paths.adhoc_dir(p, "explore") / selection.name
+    return Run(name=f"explore/{selection.name}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
+               model=model, model_kwargs=dict(selection.kwargs), recipe=recipe, init=resolve_init(p, recipe.init),
+               checkpoints=out, history=out / "history.csv", evaluation=out)
 
 
 def pretrained_encoder(p: Params, model: str, kwargs: dict[str, Any], variant: str) -> str | None:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from rwkvlab import paths
 from rwkvlab.complexity import model_complexity
-from rwkvlab.config import Params, Recipe
+from rwkvlab.config import Params
 from rwkvlab.data import Prepared
 from rwkvlab.engine import runs
 from rwkvlab.engine.evaluate import read_evaluation
@@ -85,7 +85,7 @@ def load_variants(p: Params, names: Sequence[str] | None = None) -> dict[str, Tr
     names = list(p.ablate.trained if names is None else names)
     out: dict[str, Trained] = {}
     for name in names:
-        run = runs.ablation_run(p, name)  # raises on an unknown variant
+        run = runs.resolve(p, runs.Variant(name))  # raises on an unknown variant
         if not (run.evaluation / "metrics.json").is_file():
             raise FileNotFoundError(f"{run.evaluation / 'metrics.json'}: variant {name!r} is not trained and tested; "
                                     f"run `dvc repro ablate@{name}` (or add it to ablate.trained)")
@@ -121,27 +121,16 @@ def try_setting(p: Params, model_kwargs: Mapping[str, Any], device: torch.device
         ValueError: an unknown model keyword or recipe field.
     """
     model_kwargs = dict(model_kwargs)
-    model = p.ablate.model or p.ablate.variant_defaults["model"]  # the paper profile has no common base model
     name = name or _setting_name(model_kwargs) + ("" if protocol == "scratch-100" else f"-{protocol}")
     fields = dict(recipe_fields or {}) | ({} if epochs is None else {"epochs": int(epochs)})
-    known = {f.name for f in dataclasses.fields(Recipe)}
-    if set(fields) - known:
-        raise ValueError(f"try_setting: unknown recipe field(s) {sorted(set(fields) - known)}; known: {sorted(known)}")
-    if protocol not in p.ablate.protocols:
-        raise ValueError(f"try_setting: protocol {protocol!r} is not one of ablate.protocols {sorted(p.ablate.protocols)}")
-    recipe = dataclasses.replace(p.train.recipe(p.ablate.protocols[protocol].recipe), **fields)
-    if p.ablate.protocols[protocol].pretrained and recipe.init is None:
-        recipe = dataclasses.replace(recipe, init=runs.pretrained_encoder(p, model, model_kwargs, name))
-    out = paths.adhoc_dir(p, "explore") / name
-    run = runs.Run(name=f"explore/{name}", dataset=p.ablate.dataset, split_seed=p.ablate.split_seed,
-                   model=model, model_kwargs=model_kwargs, recipe=recipe, init=runs.resolve_init(p, recipe.init),
-                   checkpoints=out, history=out / "history.csv", evaluation=out)
+    run = runs.resolve(p, runs.Setting(name, model_kwargs, protocol, fields))
     data = runs.load_data(p, run)
     try:
         _complexity(run, data)  # builds the model: a bad keyword fails here, before any training
     except TypeError as e:
-        raise ValueError(f"try_setting: {model} does not take {model_kwargs}: {e}") from e
-    setting = {"model": run.model, "model_kwargs": model_kwargs, "recipe": dataclasses.asdict(recipe)}
+        raise ValueError(f"try_setting: {run.model} does not take {model_kwargs}: {e}") from e
+    setting = {"model": run.model, "model_kwargs": model_kwargs, "recipe": dataclasses.asdict(run.recipe)}
+    out = run.evaluation
     setting_file = out / "setting.json"
     done = (out / "metrics.json").is_file() and setting_file.is_file() and \
         json.loads(setting_file.read_text()) == json.loads(json.dumps(setting))

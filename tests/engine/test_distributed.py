@@ -175,7 +175,7 @@ def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, sel
 
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
     monkeypatch.setattr(cli.runs, "train", lambda *a, **k: pytest.fail("trained in process"))
-    history = cli.launch("params.yaml", name, seed, overrides=overrides, nproc=2, **selection)
+    history = cli.launch(cli.config.load("params.yaml", **overrides), name, seed, nproc=2, **selection)
     (cmd,) = calls
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     args = cmd[6:]

@@ -28,31 +28,30 @@ def p(tmp_path):
 
 
 def test_configured_run_per_seed(p, tmp_path):
-    run = runs.configured_run(p, "demo-t", 2)
+    run = runs.resolve(p, runs.Configured("demo-t", 2))
     assert (run.name, run.dataset, run.model, run.split_seed) == ("demo-t/seed2", "demo", "rwkv_unet_t", 2)
     assert run.recipe == p.train.recipes["demo"] and run.model_kwargs == {} and run.init is None
     assert run.checkpoints == tmp_path / "ck" / "train" / "demo-t" / "seed2"
     assert run.history == tmp_path / "reports" / "train" / "demo-t" / "seed2" / "history.csv"
     assert run.evaluation == tmp_path / "reports" / "evaluate" / "demo-t" / "seeds" / "seed2"
-    swin = runs.configured_run(p, "demo-swin", 0)
+    swin = runs.resolve(p, runs.Configured("demo-swin", 0))
     assert swin.model_kwargs == {"feature_size": 24} and swin.recipe == p.train.recipes["ablate_demo"]
     with pytest.raises(ValueError, match=r"train.runs.demo-swin trains on split seeds \[0\], not on seed 1"):
-        runs.configured_run(p, "demo-swin", 1)
+        runs.resolve(p, runs.Configured("demo-swin", 1))
     with pytest.raises(ValueError, match="train.runs has no run 'demo-b'; runs: demo-t, demo-swin"):
-        runs.configured_run(p, "demo-b", 0)
+        runs.resolve(p, runs.Configured("demo-b", 0))
 
 
 def test_a_runs_init_replaces_its_recipes(tmp_path):
     with_init = {**RUNS, "demo-t": {**RUNS["demo-t"], "init": "pretrain/rwkv_enc_t"}}
     p = config.load(ROOT / "params.yaml", **{"base.checkpoints_dir": str(tmp_path / "ck"), "train.runs": with_init})
-    run = runs.configured_run(p, "demo-t", 1)
+    run = runs.resolve(p, runs.Configured("demo-t", 1))
     assert run.init == tmp_path / "ck" / "pretrain" / "rwkv_enc_t" / "encoder.pt"
     assert run.recipe == dataclasses.replace(p.train.recipes["demo"], init="pretrain/rwkv_enc_t")
-    assert runs.configured_run(p, "demo-swin", 0).init is None  # the same recipe, other runs: untouched
+    assert runs.resolve(p, runs.Configured("demo-swin", 0)).init is None  # the same recipe, other runs: untouched
     # an ad-hoc run of the same dataset, model and recipe but without the init is another run
     with pytest.raises(ValueError, match="'demo-t' is also a configured run"):
-        runs.train_run(config.load(ROOT / "params.yaml", **{"train.runs": {"demo-t": with_init["demo-t"]}}),
-                       "demo", "t")
+        runs.resolve(config.load(ROOT / "params.yaml", **{"train.runs": {"demo-t": with_init["demo-t"]}}), runs.AdHoc("demo", "t"))
 
 
 @pytest.mark.parametrize("override,where", [
@@ -69,7 +68,7 @@ def test_an_init_must_name_a_pretrained_encoder(override, where):
 
 def test_an_init_may_name_a_checkpoint_file_relative_to_the_params_file(tmp_path):
     p = config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "data/release/rwkv_enc_t.pt"})
-    assert runs.train_run(p, "demo", "rwkv_unet_t", None, 0, None).init == ROOT / "data/release/rwkv_enc_t.pt"
+    assert runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t")).init == ROOT / "data/release/rwkv_enc_t.pt"
     with pytest.raises(ValueError, match=r"train.recipes.demo.init is 'enc_t'; it must be pretrain/<model> .* a "
                                          r"checkpoint file \(.pt"):
         config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "enc_t"})
@@ -79,7 +78,7 @@ def test_train_init_replaces_the_runs_init(monkeypatch, tmp_path):
     from rwkvlab import train
 
     seen = []
-    monkeypatch.setattr(train, "launch", lambda *a, **k: seen.append(k["overrides"]))
+    monkeypatch.setattr(train, "launch", lambda p, *a, **k: seen.append(p.overrides))
     monkeypatch.chdir(tmp_path)  # a file named on the command line is relative to the shell's folder
     params = ["--params", str(ROOT / "params.yaml")]
     assert train.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--init", "enc.pt", "--no-evaluate",
@@ -93,37 +92,40 @@ def test_each_split_seed_trains_with_its_own_seed(p, monkeypatch):
     seen = []
     monkeypatch.setattr("rwkvlab.engine.train.fit", lambda *args, seed, **kwargs: seen.append(seed))
     for split in (0, 2):
-        runs.train(p, runs.configured_run(p, "demo-t", split), torch.device("cpu"), data=object())
+        runs.train(p, runs.resolve(p, runs.Configured("demo-t", split)), torch.device("cpu"), data=object())
     assert seen == [p.base.seed, p.base.seed + 2]
 
 
 def test_load_data_reads_the_runs_split(p, monkeypatch):
     monkeypatch.setattr(runs, "load_prepared", lambda cache, split: (cache, split))
-    assert runs.load_data(p, runs.configured_run(p, "demo-t", 1)) == (
+    assert runs.load_data(p, runs.resolve(p, runs.Configured("demo-t", 1))) == (
         p.base.data_dir / "prepared" / "demo" / "cache.h5", p.base.data_dir / "splits" / "demo" / "seed1.json")
-    ablation = runs.load_data(p, runs.ablation_run(config.load(ROOT / "params.yaml", **{"ablate.split_seed": 2}),
-                                                    "attn_none"))
+    ablation = runs.load_data(p, runs.resolve(config.load(ROOT / "params.yaml", **{"ablate.split_seed": 2}), runs.Variant("attn_none")))
     assert ablation[1].name == "seed2.json"
 
 
 def test_ad_hoc_runs(p, tmp_path):
-    run = runs.train_run(p, "demo", "unet", seed=1)
+    run = runs.resolve(p, runs.AdHoc("demo", "unet", seed=1))
     assert run.name == "demo-unet/seed1" and run.recipe == p.train.recipes["demo"] and run.split_seed == 1
     assert run.checkpoints == tmp_path / "ck" / "train" / "demo-unet" / "seed1"
-    other = runs.train_run(p, "demo", "unet", recipe="ablate_demo")
+    other = runs.resolve(p, runs.AdHoc("demo", "unet", recipe="ablate_demo"))
     assert other.recipe == p.train.recipes["ablate_demo"] and other.split_seed == 0
-    variant = runs.train_run(p, "demo", "rwkv_unet_t", variant="pre_digits")
+    variant = runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t", variant="pre_digits"))
     assert variant.name == "demo-rwkv_unet_t-pre_digits/seed0" and variant.model_kwargs == {}
     assert variant.init == tmp_path / "ck" / "pretrain" / "rwkv_enc_t" / "encoder.pt"
+    # --variant trains under the variant's protocol recipe (Table 7's pretrained-30), as its ablation stage does
+    protocol = p.ablate.protocols[p.ablate.protocol_of("pre_digits")]
+    assert protocol.recipe != "demo" and variant.recipe == runs.resolve(p, runs.Variant("pre_digits")).recipe
+    assert variant.recipe.epochs == p.train.recipes[protocol.recipe].epochs
     # the same settings as a configured run: the same run, sharing its folder
-    configured = runs.configured_run(p, "demo-rwkv_unet_t", 0)
-    assert runs.train_run(p, "demo", "rwkv_unet_t").checkpoints == configured.checkpoints
+    configured = runs.resolve(p, runs.Configured("demo-rwkv_unet_t", 0))
+    assert runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t")).checkpoints == configured.checkpoints
     with pytest.raises(ValueError, match=r"'demo-rwkv_unet_t' is also a configured run .* --run demo-rwkv_unet_t"):
-        runs.train_run(p, "demo", "rwkv_unet_t", recipe="ablate_demo")
+        runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t", recipe="ablate_demo"))
     with pytest.raises(ValueError, match=r"split seed 7 is not one of prepare.split_seeds \[0, 1, 2\]"):
-        runs.train_run(p, "demo", "unet", seed=7)
+        runs.resolve(p, runs.AdHoc("demo", "unet", seed=7))
     with pytest.raises(ValueError, match="train.recipes has no recipe 'busi_typo'"):
-        runs.train_run(p, "demo", "unet", recipe="busi_typo")
+        runs.resolve(p, runs.AdHoc("demo", "unet", recipe="busi_typo"))
 
 
 def write_seed(p, name, seed, metrics):
@@ -168,3 +170,20 @@ def test_summarize_seeds_names_what_is_missing(p):
     assert not paths.summary_file(p, "demo-t").exists()
     with pytest.raises(FileNotFoundError, match="run 'demo-t' has no summary; run its evaluate stage"):
         runs.read_summary(p, "demo-t")
+
+
+def test_a_setting_resolves_as_the_variant_with_its_settings(p, tmp_path):
+    v = p.ablate.variant("attn_mhsa")
+    setting = runs.resolve(p, runs.Setting("mhsa", dict(v.kwargs), p.ablate.protocol_of("attn_mhsa")))
+    variant = runs.resolve(p, runs.Variant("attn_mhsa"))
+    assert (setting.model, setting.model_kwargs, setting.recipe, setting.dataset, setting.split_seed) == (
+        variant.model, variant.model_kwargs, variant.recipe, variant.dataset, variant.split_seed)
+    assert setting.checkpoints == paths.adhoc_dir(p, "explore") / "mhsa" != variant.checkpoints
+    shorter = runs.resolve(p, runs.Setting("short", {}, recipe_fields={"epochs": 1}))
+    assert shorter.recipe.epochs == 1
+    with pytest.raises(ValueError, match=r"try_setting has unknown recipe field\(s\) \['epoch'\]"):
+        runs.resolve(p, runs.Setting("typo", {}, recipe_fields={"epoch": 1}))
+    with pytest.raises(ValueError, match="protocol 'nope' is not one of ablate.protocols"):
+        runs.resolve(p, runs.Setting("x", {}, protocol="nope"))
+    with pytest.raises(TypeError, match="Configured, Variant, AdHoc or Setting"):
+        runs.resolve(p, "demo-t")
