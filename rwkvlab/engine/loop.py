@@ -2,8 +2,9 @@
 :class:`Task` s that it runs, each injecting its own step, validation and state.
 
 What the loop owns, so that no training carries a copy of it: resuming from ``last.pt`` when it was written
-under the same config, the per-epoch seeding, the progress bar, the history, which rank writes, and the
-barrier after every checkpoint. :func:`build_optimizer`, :func:`wrap_ddp` and :func:`average_batchnorm` are
+under the same config, the per-epoch seeding, the progress bar, the history, the checkpoints (``last.pt``
+every epoch, the best file when the task's watched score improves: :class:`Checkpoints`), which rank writes,
+and the barrier after every checkpoint. :func:`build_optimizer`, :func:`wrap_ddp` and :func:`average_batchnorm` are
 the parts both tasks build from. The rank itself is known to :mod:`rwkvlab.engine.distributed` alone.
 
 Seeding. Epoch ``e`` on rank ``r`` of ``W`` seeds torch, numpy and random with ``seed + e * W + r`` before
@@ -13,9 +14,11 @@ the task draws its batches, so a run that was killed and resumed produces the we
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -23,25 +26,29 @@ from timm.utils import distribute_bn, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rwkvlab.engine.checkpoint import git_revision, load_checkpoint
+from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from rwkvlab.engine.distributed import barrier, rank_world
+from rwkvlab.io import atomic_write
 from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "run_epochs", "build_optimizer", "wrap_ddp", "average_batchnorm"]
+__all__ = ["Task", "Checkpoints", "run_epochs", "build_optimizer", "wrap_ddp", "average_batchnorm"]
 
 
 class Task(ABC):
     """One training, as :func:`run_epochs` drives it.
 
     ``name`` titles the progress bar. The checkpoint ``last.pt`` holds what :meth:`state_dict` returns plus
-    the loop's ``epoch``, ``history``, ``config`` and ``git_revision``; :meth:`load_state_dict` gets it back.
+    the loop's ``epoch``, ``history``, ``config``, ``git_revision`` and ``best_score``; :meth:`load_state_dict`
+    gets the task's part back. The loop keeps the best epoch, by :meth:`score`, in ``best_file``.
     """
 
     name: str
+    best_file: str = "best.pt"  # beside last.pt: the weights of the best epoch (:meth:`best_checkpoint`)
     history: list[dict[str, Any]]  # set by the loop: the rows so far
     config: dict[str, Any]  # set by the loop: what a checkpoint must have been written under to be resumed
+    checkpoints: Checkpoints  # set by the loop; a validation inside an epoch offers its score to it
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -71,18 +78,22 @@ class Task(ABC):
         """After the last step: schedule, statistics, validation; the epoch's history row (without ``epoch``)."""
 
     @abstractmethod
-    def improved(self, row: dict[str, Any]) -> bool:
-        """Whether the epoch of ``row`` is the best so far (the task keeps its own record of the best)."""
+    def score(self, row: dict[str, Any]) -> float:
+        """The watched metric of an epoch's history row, higher is better; NaN when there is nothing to validate on
+        (every epoch is then the best, and the best file the last epoch's)."""
 
-    @abstractmethod
-    def save(self, payload: dict[str, Any], improved: bool) -> None:
-        """Write ``last.pt`` (``payload``) and, when ``improved``, the best weights; rank 0 only."""
+    def on_best(self, row: dict[str, Any]) -> None:
+        """Called on every rank when the epoch of ``row`` is the best so far, before its checkpoints are written."""
+
+    def best_checkpoint(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """What ``best_file`` holds, given the payload of ``last.pt``; ``None``: the payload itself."""
+        return None
 
     def payload(self, epoch: int) -> dict[str, Any]:
         """What ``last.pt`` of ``epoch`` holds: :meth:`state_dict` plus the loop's keys (also for a task that writes a
         checkpoint inside an epoch)."""
         return {**self.state_dict(), "epoch": epoch, "history": self.history, "config": self.config,
-                "git_revision": git_revision()}
+                "git_revision": git_revision(), "best_score": self.checkpoints.best}
 
     def postfix(self, row: dict[str, Any]) -> dict[str, str]:
         """What the progress bar shows after an epoch."""
@@ -90,6 +101,42 @@ class Task(ABC):
 
     def write_reports(self, history: list[dict[str, Any]], final: bool) -> None:
         """Rewrite the history files (``final``: also what is only written at the end); rank 0 only."""
+
+
+class Checkpoints:
+    """A run's checkpoints, kept as timm's ``CheckpointSaver`` keeps them: ``last.pt`` after every epoch, and the
+    task's best file whenever its watched score beats the best so far (:meth:`Task.score`; a NaN score counts
+    as the best). Rank 0 writes; every rank keeps the score, so every rank agrees on the best epoch."""
+
+    def __init__(self, task: Task, run_dir: Path) -> None:
+        self.task, self.last, self.best_path = task, Path(run_dir) / "last.pt", Path(run_dir) / task.best_file
+        self.best = -math.inf
+
+    def improves(self, score: float) -> bool:
+        """Whether ``score`` is the best so far, which it then becomes."""
+        if math.isnan(score) or score > self.best:
+            self.best = score
+            return True
+        return False
+
+    def save(self, payload: dict[str, Any], improved: bool) -> None:
+        """``last.pt``, and the best file when the epoch ``improved``."""
+        save_checkpoint(self.last, payload)
+        if improved:
+            best = self.task.best_checkpoint(payload)
+            if best is None:  # the same bytes as last.pt: copied, not serialised twice
+                atomic_write(self.best_path, lambda f: shutil.copyfile(self.last, f))
+            else:
+                save_checkpoint(self.best_path, best)
+
+    def offer(self, score: float, payload: Callable[[], dict[str, Any]]) -> bool:
+        """A validation inside an epoch: write the best file from ``payload()`` when ``score`` beats the best."""
+        if not score > self.best:
+            return False
+        self.best = score
+        built = payload()
+        save_checkpoint(self.best_path, self.task.best_checkpoint(built) or built)
+        return True
 
 
 def run_epochs(task: Task, run_dir: Path, config: dict[str, Any], *, epochs: int, seed: int,
@@ -103,10 +150,12 @@ def run_epochs(task: Task, run_dir: Path, config: dict[str, Any], *, epochs: int
     rank, world = rank_world()
     run_dir = Path(run_dir)
     start, history = 0, []
+    task.checkpoints = Checkpoints(task, run_dir)
     state = load_checkpoint(run_dir / "last.pt", config) if resume else None
     if state is not None:
         task.load_state_dict(state)
         start, history = state["epoch"] + 1, state["history"]
+        task.checkpoints.best = state.get("best_score", -math.inf)  # checkpoints written before the loop kept it
         logger.info("resuming %s from epoch %d", run_dir / "last.pt", start + 1)
     task.history, task.config = history, config
     task.begin(start)
@@ -122,10 +171,12 @@ def run_epochs(task: Task, run_dir: Path, config: dict[str, Any], *, epochs: int
             bar.update()
         row = {"epoch": epoch + 1, **task.end_epoch(epoch, outputs)}
         history.append(row)
-        improved = task.improved(row)
+        improved = task.checkpoints.improves(task.score(row))
+        if improved:
+            task.on_best(row)
         bar.set_postfix(epoch=epoch + 1, **task.postfix(row))
         if rank == 0:
-            task.save(task.payload(epoch), improved)
+            task.checkpoints.save(task.payload(epoch), improved)
             task.write_reports(history, final=False)
         barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
     bar.close()

@@ -36,7 +36,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from rwkvlab.config import Params, PretrainRecipe
 from rwkvlab.data._base import DataError
 from rwkvlab.engine import loop
-from rwkvlab.engine.checkpoint import save_checkpoint
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import rank_world, sum_over_ranks, torchrun_command
 from rwkvlab.engine.loop import Task, average_batchnorm, run_epochs, wrap_ddp
@@ -251,24 +250,25 @@ class _Classification(Task):
                     ema_top1, row["seconds"])
         return row
 
-    def improved(self, row: dict[str, Any]) -> bool:
-        candidate = (("ema", row["val_ema_top1"], row["val_ema_top5"]) if row["val_ema_top1"] > row["val_top1"]
-                     else ("model", row["val_top1"], row["val_top5"]))
-        if candidate[1] <= self.best["val_top1"]:
-            return False
-        self.best = {"source": candidate[0], "epoch": row["epoch"], "val_top1": candidate[1], "val_top5": candidate[2]}
-        return True
+    best_file = "encoder.pt"
+
+    def score(self, row: dict[str, Any]) -> float:
+        return max(row["val_ema_top1"], row["val_top1"])  # the better of the EMA and the raw weights
+
+    def on_best(self, row: dict[str, Any]) -> None:
+        source = "ema" if row["val_ema_top1"] > row["val_top1"] else "model"
+        prefix = "val_ema" if source == "ema" else "val"
+        self.best = {"source": source, "epoch": row["epoch"], "val_top1": row[f"{prefix}_top1"],
+                     "val_top5": row[f"{prefix}_top5"]}
 
     def postfix(self, row: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{row['train_loss']:.4f}", "top1": f"{row['val_top1']:.2f}"}
 
-    def save(self, payload: dict[str, Any], improved: bool) -> None:
-        if improved:
-            weights = (self.ema.module if self.best["source"] == "ema" else self.model).state_dict()
-            keep = ("model_name", "model_kwargs", "classes", "recipe", "config", "git_revision")
-            save_checkpoint(self.out_dir / "encoder.pt", {**{k: payload[k] for k in keep}, **self.best,
-                                                           "model": weights})
-        save_checkpoint(self.out_dir / "last.pt", payload)
+    def best_checkpoint(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``encoder.pt``: the better weights of the best epoch, what built them, and their scores."""
+        weights = (self.ema.module if self.best["source"] == "ema" else self.model).state_dict()
+        keep = ("model_name", "model_kwargs", "classes", "recipe", "config", "git_revision")
+        return {**{k: payload[k] for k in keep}, **self.best, "model": weights}
 
     def write_reports(self, history: list[dict[str, Any]], final: bool) -> None:
         _write_reports(history, self.best, self.name, self.reports_dir, final)

@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import logging
 import math
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,7 +49,7 @@ from rwkvlab.data.augment import TwoViews, batch_consistency_loss, patch_transfo
 from rwkvlab.data.cache import Prepared
 from rwkvlab.data.loader import SegArrays, VolumePatches, as_float
 from rwkvlab.engine import loop
-from rwkvlab.engine.checkpoint import load_pretrained_encoder, save_checkpoint
+from rwkvlab.engine.checkpoint import load_pretrained_encoder
 from rwkvlab.engine.cpu_memory import keep_freed_memory
 from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world, sum_over_ranks
 from rwkvlab.engine.evaluate import evaluate_split, summarize
@@ -367,7 +366,7 @@ class _Segmentation(Task):
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=recipe.epochs,
                                                                     eta_min=recipe.min_lr)
         self.loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
-        self.step_count, self.best, self.validations = 0, -1.0, []
+        self.step_count, self.validations = 0, []
         self.train_data = replace(data, splits={**data.splits, "train": labelled})
         if self.window is None:
             self.transform = train_transforms(recipe.augment, size, seed)
@@ -383,7 +382,7 @@ class _Segmentation(Task):
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step_count, "best_val_dsc": self.best,
+                "scheduler": self.scheduler.state_dict(), "step": self.step_count,
                 "validations": self.validations, "model_name": self.name, "model_kwargs": self.kwargs,
                 "meta": self.meta}
 
@@ -391,7 +390,7 @@ class _Segmentation(Task):
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.best, self.step_count = state["best_val_dsc"], state.get("step", 0)
+        self.step_count = state.get("step", 0)
         self.validations = state.get("validations", [])
 
     def begin(self, start: int) -> None:
@@ -448,9 +447,7 @@ class _Segmentation(Task):
                 val_dsc = _val_dsc(self.model, self.data, recipe.batch_size, device, self.window)
                 self.validations.append({"epoch": epoch + 1, "step": self.step_count, "val_dsc": val_dsc})
                 logger.info("epoch %d, step %d: val DSC %.2f", epoch + 1, self.step_count, val_dsc)
-                if val_dsc > self.best:
-                    self.best = val_dsc
-                    save_checkpoint(self.run_dir / "best.pt", self.payload(epoch))
+                self.checkpoints.offer(val_dsc, lambda: self.payload(epoch))
                 self.model.train()
             barrier()
         return {"loss": loss, "consistency": consistency}
@@ -475,18 +472,11 @@ class _Segmentation(Task):
                     f", consistency {row['consistency']:.4g}" if self.views is not None else "", val_dsc)
         return row
 
-    def improved(self, row: dict[str, Any]) -> bool:
-        improved = math.isnan(row["val_dsc"]) or row["val_dsc"] > self.best
-        self.best = row["val_dsc"] if improved else self.best
-        return improved
+    def score(self, row: dict[str, Any]) -> float:
+        return row["val_dsc"]  # NaN without a val split: best.pt is then the last epoch (Synapse's protocol)
 
     def postfix(self, row: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{row['train_loss']:.4f}", "val_dsc": f"{row['val_dsc']:.2f}"}
-
-    def save(self, payload: dict[str, Any], improved: bool) -> None:
-        save_checkpoint(self.run_dir / "last.pt", payload)
-        if improved:
-            atomic_write(self.run_dir / "best.pt", lambda f: shutil.copyfile(self.run_dir / "last.pt", f))
 
     def write_reports(self, history: list[dict[str, Any]], final: bool) -> None:
         if self.history_csv is not None:

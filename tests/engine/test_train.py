@@ -253,7 +253,7 @@ def test_validation_every_n_steps_keeps_the_best_model_of_any_step(data, tmp_pat
     assert [(v["epoch"], v["step"]) for v in vals] == [(1, 1), (1, 2), (2, 3), (2, 4)]  # two steps per epoch
     assert [v["val_dsc"] for v in vals[1::2]] == [h["val_dsc"] for h in last["history"]]
     top = max(vals, key=lambda v: v["val_dsc"])
-    assert best["best_val_dsc"] == top["val_dsc"] and best["step"] == top["step"]
+    assert best["best_score"] == top["val_dsc"] and best["step"] == top["step"]
     # best.pt scores what was recorded for it, rescored from the file alone
     model, _ = load_trained(tmp_path / "v", "best", CPU)
     assert train_mod._val_dsc(model, data, 4, CPU) == pytest.approx(top["val_dsc"], abs=1e-9)
