@@ -328,6 +328,58 @@ def precise_bn(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
             m.drop_prob = rate
 
 
+class _Images:
+    """2D training: augmented items at ``prepare.image_size``; validation labels whole images (no window)."""
+
+    window: SlidingWindow | None = None
+
+    def __init__(self, model_name: str, data: Prepared, recipe: Recipe, seed: int) -> None:
+        if recipe.patch_size is not None:
+            raise ValueError(f"recipe patch_size {list(recipe.patch_size)}: patches are for volumetric models "
+                             f"(docs §20); {model_name} is 2D and trains on the items at prepare.image_size")
+        self.recipe, self.seed, self.size = recipe, seed, data.item_size
+        self.size_source, self.meta = f"prepare.image_size.{data.dataset}", {}
+
+    def build(self, labelled: Prepared) -> None:
+        """The training set (the labelled items of ``train``) and the un-augmented one of precise BatchNorm."""
+        self.transform = train_transforms(self.recipe.augment, self.size, self.seed)
+        self.train_set = SegArrays(labelled, "train", self.transform)
+        self.bn_set = SegArrays(labelled, "train")
+
+    def bn_set_for(self, seed: int) -> Dataset:
+        return self.bn_set
+
+
+class _Patches:
+    """Volumetric training (docs §20): patches of ``recipe.patch_size`` from the train volumes; validation labels
+    whole volumes by the sliding window of the recipe."""
+
+    size_source = "recipe patch_size"
+
+    def __init__(self, model_name: str, data: Prepared, recipe: Recipe, seed: int) -> None:
+        if recipe.consistency_weight > 0:
+            raise ValueError(f"recipe consistency_weight {recipe.consistency_weight}: the semi-supervised loop is 2D; "
+                             f"{model_name} is volumetric")
+        self.window = SlidingWindow.of(recipe)
+        self.data, self.recipe, self.seed, self.size = data, recipe, seed, self.window.roi_size
+        self.meta = {"spatial_dims": 3, "sliding_window": asdict(self.window),
+                     "spacing": _median_spacing(data, data.volume_splits.get("train", []))}
+
+    def build(self, labelled: Prepared) -> None:
+        """Patches of every train volume (a volume is labelled whole), and the un-augmented patches of precise
+        BatchNorm."""
+        recipe, size = self.recipe, self.size
+        self.transform = patch_transforms(recipe.augment, size, recipe.foreground_fraction, self.seed)
+        self.train_set = VolumePatches(self.data, "train", recipe.patches_per_volume, self.transform)
+        self.bn_set = VolumePatches(self.data, "train", recipe.patches_per_volume,
+                                    patch_transforms("none", size, recipe.foreground_fraction, self.seed))
+
+    def bn_set_for(self, seed: int) -> Dataset:
+        """The BatchNorm patches, the same ones in every epoch: their crops drawn afresh from ``seed``."""
+        self.bn_set.transform.set_random_state(seed)
+        return self.bn_set
+
+
 class _Segmentation(Task):
     """A segmentation training as the epoch loop runs it (the steps of the module docstring)."""
 
@@ -340,22 +392,12 @@ class _Segmentation(Task):
         self.rank, self.world = rank_world()
         set_determinism(seed)
         model = create_model(model_name, **kwargs)
-        self.window = SlidingWindow.of(recipe) if spatial_dims(model) == 3 else None
-        if self.window is None and recipe.patch_size is not None:
-            raise ValueError(f"recipe patch_size {list(recipe.patch_size)}: patches are for volumetric models "
-                             f"(docs §20); {model_name} is 2D and trains on the items at prepare.image_size")
-        if self.window is not None and recipe.consistency_weight > 0:
-            raise ValueError(f"recipe consistency_weight {recipe.consistency_weight}: the semi-supervised loop is 2D; "
-                             f"{model_name} is volumetric")
-        size = data.item_size if self.window is None else self.window.roi_size
-        check_image_size(model, size, f"prepare.image_size.{data.dataset}" if self.window is None
-                         else "recipe patch_size")
-        self.meta = {"dataset": data.dataset, "class_names": list(data.class_names), "image_size": list(size),
-                     "in_chans": data.in_chans,
-                     "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float"}
-        if self.window is not None:
-            self.meta.update(spatial_dims=3, sliding_window=asdict(self.window),
-                             spacing=_median_spacing(data, data.volume_splits.get("train", [])))
+        # the one 2D/3D decision: how items are drawn, and the inferer validation labels a case with
+        self.sampling = (_Patches if spatial_dims(model) == 3 else _Images)(model_name, data, recipe, seed)
+        self.meta = {"dataset": data.dataset, "class_names": list(data.class_names),
+                     "image_size": list(self.sampling.size), "in_chans": data.in_chans,
+                     "intensity": "uint8" if data.images.dtype == np.uint8 else "unit_float", **self.sampling.meta}
+        check_image_size(model, self.sampling.size, self.sampling.size_source)
         if init is not None:
             load_pretrained_encoder(model, init)
         if recipe.sync_bn and self.world > 1:
@@ -367,18 +409,10 @@ class _Segmentation(Task):
                                                                     eta_min=recipe.min_lr)
         self.loss_fn = seg_loss(recipe.ce_weight, recipe.dice_weight)
         self.step_count, self.validations = 0, []
-        self.train_data = replace(data, splits={**data.splits, "train": labelled})
-        if self.window is None:
-            self.transform = train_transforms(recipe.augment, size, seed)
-            self.train_set = SegArrays(self.train_data, "train", self.transform)
-            self.bn_set = SegArrays(self.train_data, "train")
-        else:
-            self.transform = patch_transforms(recipe.augment, size, recipe.foreground_fraction, seed)
-            self.train_set = VolumePatches(data, "train", recipe.patches_per_volume, self.transform)
-            # BatchNorm statistics of un-augmented patches, the same ones in every epoch
-            self.bn_set = VolumePatches(data, "train", recipe.patches_per_volume,
-                                        patch_transforms("none", size, recipe.foreground_fraction, seed))
+        self.sampling.build(replace(data, splits={**data.splits, "train": labelled}))
         self.views = TwoViews(seed) if recipe.consistency_weight > 0 else None
+        # semi-supervised training is its own step (two views of unlabelled images beside each labelled batch)
+        self._step = self._supervised_step if self.views is None else self._semisupervised_step
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -403,15 +437,16 @@ class _Segmentation(Task):
                     ", compiled" if self.recipe.compile else "")
 
     def _labelled(self, epoch: int, num_workers: int) -> DataLoader:
-        return _loader(self.train_set, self.recipe.batch_size, True, self.seed, epoch, num_workers, self.device)
+        return _loader(self.sampling.train_set, self.recipe.batch_size, True, self.seed, epoch, num_workers,
+                       self.device)
 
     def steps_per_epoch(self, epoch: int) -> int:
         return len(self._labelled(epoch, 0))
 
     def batches(self, epoch: int) -> Iterable[tuple[dict, dict | None]]:
         epoch_seed = self.seed + epoch * self.world + self.rank
-        if self.transform is not None:
-            self.transform.set_random_state(epoch_seed)
+        if self.sampling.transform is not None:  # augment: none
+            self.sampling.transform.set_random_state(epoch_seed)
         loader = self._labelled(epoch, self.num_workers)
         self.steps_in_epoch = len(loader)
         unlabelled: Iterable[Any] = itertools.repeat(None)
@@ -423,17 +458,22 @@ class _Segmentation(Task):
         self.net.train()
         return zip(loader, unlabelled)
 
+    def _supervised_step(self, epoch: int, index: int, images: torch.Tensor, labels: torch.Tensor,
+                         views: None) -> tuple[float, float]:
+        return train_step(self.net, self.optimizer, self.loss_fn, images, labels, self.recipe), 0.0
+
+    def _semisupervised_step(self, epoch: int, index: int, images: torch.Tensor, labels: torch.Tensor,
+                             views: dict[str, Any]) -> tuple[float, float]:
+        device, recipe = self.device, self.recipe
+        return semisup_step(self.net, self.optimizer, self.loss_fn, images, labels, views["view1"].to(device),
+                            views["view2"].to(device), views["geom1"], views["geom2"],
+                            consistency_ramp(recipe, epoch + index / self.steps_in_epoch), recipe)
+
     def step(self, epoch: int, index: int, batch: tuple[dict, dict | None]) -> dict[str, float]:
         labelled, views = batch
         device, recipe, steps = self.device, self.recipe, self.steps_in_epoch
         images, labels = as_float(labelled["image"].to(device)), labelled["label"].to(device).round().long()
-        if views is None:
-            loss, consistency = train_step(self.net, self.optimizer, self.loss_fn, images, labels, recipe), 0.0
-        else:
-            loss, consistency = semisup_step(
-                self.net, self.optimizer, self.loss_fn, images, labels, views["view1"].to(device),
-                views["view2"].to(device), views["geom1"], views["geom2"],
-                consistency_ramp(recipe, epoch + index / steps), recipe)
+        loss, consistency = self._step(epoch, index, images, labels, views)
         if not (math.isfinite(loss) and math.isfinite(consistency)):
             kept = (f"{self.run_dir / 'last.pt'} keeps epoch {epoch}, the last good one" if epoch > 0 else
                     "no checkpoint was written (the first epoch did not finish)")
@@ -444,7 +484,7 @@ class _Segmentation(Task):
         if (recipe.val_every and self.step_count % recipe.val_every == 0 and index + 1 < steps
                 and _has_val(self.data)):
             if self.rank == 0:
-                val_dsc = _val_dsc(self.model, self.data, recipe.batch_size, device, self.window)
+                val_dsc = _val_dsc(self.model, self.data, recipe.batch_size, device, self.sampling.window)
                 self.validations.append({"epoch": epoch + 1, "step": self.step_count, "val_dsc": val_dsc})
                 logger.info("epoch %d, step %d: val DSC %.2f", epoch + 1, self.step_count, val_dsc)
                 self.checkpoints.offer(val_dsc, lambda: self.payload(epoch))
@@ -457,13 +497,13 @@ class _Segmentation(Task):
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         if recipe.precise_bn:
-            if self.window is not None:
-                self.bn_set.transform.set_random_state(self.seed)
             precise_bn((as_float(b["image"].to(device)) for b in _loader(
-                self.bn_set, recipe.batch_size, False, self.seed, epoch, self.num_workers, device)), self.model)
+                self.sampling.bn_set_for(self.seed), recipe.batch_size, False, self.seed, epoch, self.num_workers,
+                device)), self.model)
         if not recipe.sync_bn:
             average_batchnorm(self.model)
-        val_dsc = broadcast_from_main(_val_dsc(self.model, self.data, recipe.batch_size, device, self.window)
+        val_dsc = broadcast_from_main(_val_dsc(self.model, self.data, recipe.batch_size, device,
+                                                self.sampling.window)
                                       if self.rank == 0 else None)
         row = {"lr": lr, "train_loss": float(np.mean([s["loss"] for s in steps])), "val_dsc": val_dsc,
                "consistency": float(np.mean([s["consistency"] for s in steps]))}
