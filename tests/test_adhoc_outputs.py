@@ -15,7 +15,7 @@ from PIL import Image
 
 from rwkvlab import config, paths
 from rwkvlab.data.cache import prepare
-from rwkvlab.data.reader import get_reader
+from rwkvlab.data.readers import get_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = ["--set", "train.recipes.demo.epochs=1", "--set", "train.recipes.ablate_demo.epochs=1"]

@@ -26,7 +26,7 @@ def test_committed_params_load():
 
 
 def test_every_prepared_dataset_has_a_reader():
-    from rwkvlab.data import READERS, get_reader
+    from rwkvlab.data.readers import READERS, get_reader
 
     get_reader("demo", ROOT)  # registers the readers
     prepare = config.load(ROOT / "params.yaml").prepare

@@ -2,6 +2,8 @@
 lines on top, and no two of rwkvlab's top-level modules and packages import each other, directly or around a
 cycle. Every import counts, inside functions too: a lazy import is still a dependency."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,14 @@ def test_no_import_cycle_between_units():
 @pytest.mark.parametrize("edge", [("report", "complexity"), ("engine", "data"), ("models", "ops")])
 def test_the_edges_the_checks_rely_on_are_seen(edge):
     assert edge in import_edges()  # a parser that saw no import would pass the checks above vacuously
+
+
+def test_training_and_evaluation_do_not_load_the_dataset_readers():
+    # the readers load where raw data is read (rwkvlab.data.readers): a stage on a prepared cache must not depend
+    # on them, or every reader change would rerun every training
+    code = ("import sys, rwkvlab.data, rwkvlab.engine.runs, rwkvlab.engine.inference, rwkvlab.report.comparison\n"
+            "print(sorted(m for m in sys.modules if m.startswith('rwkvlab.data.readers')))\n"
+            "import rwkvlab.data.prepare\n"
+            "print('rwkvlab.data.readers.busi' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"

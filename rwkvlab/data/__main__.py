@@ -35,7 +35,8 @@ import yaml
 from rwkvlab.data._base import DataError
 from rwkvlab.data.cache import load_prepared
 from rwkvlab.data.prepare import prepare_dataset
-from rwkvlab.data.reader import READERS, get_reader, validate
+from rwkvlab.data.reader import validate
+from rwkvlab.data.readers import READERS, get_reader
 from rwkvlab.data.readers.synapse_demo import generate
 from rwkvlab.data.readers.volume_demo import generate3d
 from rwkvlab.report.cards import write_card

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from rwkvlab.data._base import DataError
 from rwkvlab.data.cache import prepare
-from rwkvlab.data.reader import get_reader
+from rwkvlab.data.readers import get_reader
 from rwkvlab.io import atomic_write
 
 logger = logging.getLogger(__name__)

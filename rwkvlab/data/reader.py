@@ -8,14 +8,13 @@ file or folder and what was expected, before anything is prepared.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import textwrap
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from typing import ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from rwkvlab.progress import Progress
 logger = logging.getLogger(__name__)
 
 __all__ = ["Case", "Sample", "Reader", "ImageMaskReader", "READERS", "PREPARE_OPTIONS", "register_reader",
-           "get_reader", "validate", "iter_valid"]
+           "validate", "iter_valid"]
 
 # Keys of ``prepare.options.<dataset>`` read by the prepare stage itself, not by the reader's constructor:
 # ``reader`` picks the reader of a dataset name that is not registered, ``skip_invalid`` leaves out the
@@ -147,44 +146,6 @@ def register_reader(cls: type[Reader]) -> type[Reader]:
         raise ValueError(f"dataset reader {cls.name!r} registered twice")
     READERS[cls.name] = cls
     return cls
-
-
-def get_reader(name: str, root: Path, **options: Any) -> Reader:
-    """The reader of dataset ``name`` over ``root``, built from ``prepare.options.<name>``.
-
-    Args:
-        name: a registered reader, or the user's own dataset name when ``options`` has ``reader``.
-        root: the raw folder.
-        options: ``reader`` (a registered reader for ``name``, e.g. ``folder``; the reader then takes
-            ``name`` as its dataset name), ``skip_invalid`` (read by the prepare stage, ignored here) and
-            the reader's constructor arguments.
-
-    Raises:
-        DataError: for an unknown dataset or reader, or an option the reader does not take.
-    """
-    where = f"prepare.options.{name}"
-    given = options.pop("reader", None)
-    options.pop("skip_invalid", None)
-    kind = given or name
-    if kind not in READERS:
-        known = ", ".join(sorted(READERS))
-        if given:
-            raise DataError(f"{where}.reader: unknown reader {given!r}; known: {known}")
-        raise DataError(f"unknown dataset {name!r}; known: {known}; for your own data set "
-                        f"{where}.reader (e.g. reader: folder)")
-    cls = READERS[kind]
-    accepted = list(inspect.signature(cls.__init__).parameters)[2:]  # after self and root
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise DataError(f"{where}: unknown option(s) {unknown} for reader {kind!r}; known: "
-                        f"{sorted(accepted + list(PREPARE_OPTIONS))}")
-    try:
-        reader = cls(root, **options)
-    except DataError as err:
-        raise DataError(f"{where}: {err}") from err
-    if kind != name:
-        reader.name = name  # the user's dataset name goes into messages and the cache
-    return reader
 
 
 def check_sample(case: Case, sample: Sample, num_classes: int) -> None:

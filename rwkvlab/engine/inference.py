@@ -21,7 +21,7 @@ from scipy import ndimage
 from rwkvlab.data._base import DataError, read_image
 from rwkvlab.data.cache import resize_image, resize_label
 from rwkvlab.data.loader import to_tensor
-from rwkvlab.data.readers._multiclass import read_arrays, unit_image
+from rwkvlab.data.files import read_arrays, unit_image
 from rwkvlab.engine.checkpoint import load_checkpoint
 from rwkvlab.models import model_from_checkpoint, read_checkpoint
 from rwkvlab.progress import Progress
@@ -390,7 +390,7 @@ def predict_slices(model: torch.nn.Module, volume: np.ndarray, size: tuple[int, 
 def read_volume(path: Path, meta: dict[str, Any], window: tuple[float, float] | None = None
                 ) -> tuple[np.ndarray, tuple[float, float, float] | None, nib.spatialimages.SpatialImage | None]:
     """Read one input volume for a volumetric checkpoint (docs §20): a NIfTI in the volume readers' array order
-    (the voxel axes reversed to (D, H, W), :func:`rwkvlab.data.readers.msd.read_nifti`) with its spacing, or a
+    (the voxel axes reversed to (D, H, W), :func:`rwkvlab.data.files.read_nifti`) with its spacing, or a
     (D, H, W) npz/HDF5 array (key ``image``, no spacing); intensities in [0, 1] or mapped from ``window``.
 
     Returns:
@@ -399,7 +399,7 @@ def read_volume(path: Path, meta: dict[str, Any], window: tuple[float, float] | 
     Raises:
         DataError: naming ``path``: not a NIfTI or array file, not 3D, or intensities outside [0, 1].
     """
-    from rwkvlab.data.readers.msd import read_nifti
+    from rwkvlab.data.files import read_nifti
 
     path = Path(path)
     kind = input_kind(path)
@@ -427,7 +427,7 @@ def predict_whole_volume(model: torch.nn.Module, volume: np.ndarray, spacing: Se
     Shape:
         volume (D, H, W) float in [0, 1] -> (D, H, W) uint8 labels.
     """
-    from rwkvlab.data.readers.msd import resample_volume
+    from rwkvlab.data.files import resample_volume
 
     window = SlidingWindow.of(meta["sliding_window"])
     target = meta.get("spacing")

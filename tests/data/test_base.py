@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rwkvlab.data import DataError, get_reader, load_prepared, make_split, validate
+from rwkvlab.data import DataError, load_prepared, make_split, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data._base import read_mask
 from rwkvlab.data.augment import train_transforms
 from rwkvlab.data.loader import SegArrays

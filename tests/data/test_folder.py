@@ -10,7 +10,8 @@ from fixtures import folder
 from PIL import Image
 
 from rwkvlab.config import recipe_with_defaults
-from rwkvlab.data import DataError, get_reader, load_prepared, validate
+from rwkvlab.data import DataError, load_prepared, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data.__main__ import main
 from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.engine.evaluate import evaluate_split

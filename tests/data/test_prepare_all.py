@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rwkvlab.data import READERS, get_reader, load_prepared, validate
+from rwkvlab.data import load_prepared, validate
+from rwkvlab.data.readers import READERS, get_reader
 from rwkvlab.data.augment import train_transforms
 from rwkvlab.data.loader import SegArrays, as_float
 from rwkvlab.data.prepare import prepare_dataset

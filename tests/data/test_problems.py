@@ -10,7 +10,8 @@ import pytest
 from fixtures import busi, folder, kvasir
 from PIL import Image
 
-from rwkvlab.data import DataError, get_reader, load_prepared, validate
+from rwkvlab.data import DataError, load_prepared, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data._base import read_image, read_mask
 from rwkvlab.data.__main__ import main
 from rwkvlab.report.cards import write_card

@@ -7,7 +7,8 @@ import pytest
 from fixtures import busi, cvc, glas, isic2017, kvasir, psvfm
 from PIL import Image
 
-from rwkvlab.data.reader import get_reader, validate
+from rwkvlab.data.reader import validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data.readers import psvfm as psvfm_reader
 
 # dataset -> (fixture writer, number of cases)

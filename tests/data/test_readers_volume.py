@@ -11,7 +11,8 @@ from fixtures import acdc, fugc, goals, synapse
 from fixtures.synapse import write_h5
 from PIL import Image
 
-from rwkvlab.data import DataError, get_reader, load_prepared, validate
+from rwkvlab.data import DataError, load_prepared, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.readers.acdc import patient_split
 from rwkvlab.data.__main__ import main

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from fixtures import acdc, synapse
 
-from rwkvlab.data import get_reader, load_prepared, validate
+from rwkvlab.data import load_prepared, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data.cache import prepare
 from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.readers.synapse_demo import SPACING, generate

@@ -12,7 +12,8 @@ import pytest
 from fixtures import acdc
 from fixtures import synapse as synapse_fixture
 
-from rwkvlab.data import DataError, get_reader, load_prepared, validate
+from rwkvlab.data import DataError, load_prepared, validate
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data.__main__ import main
 from rwkvlab.data.prepare import prepare_dataset
 from rwkvlab.data.readers.msd import ct_window, percentile_scale, read_nifti, resample_volume

@@ -14,7 +14,7 @@ from rwkvlab.convert import convert
 from rwkvlab.data import load_prepared
 from rwkvlab.data.cache import prepare
 from rwkvlab.data.loader import to_tensor
-from rwkvlab.data.reader import get_reader
+from rwkvlab.data.readers import get_reader
 from rwkvlab.evaluate import main
 from fixtures.release import release_state
 

@@ -12,7 +12,8 @@ import torch
 from scipy import ndimage
 
 from fixtures.synapse import write_h5
-from rwkvlab.data import get_reader, load_prepared
+from rwkvlab.data import load_prepared
+from rwkvlab.data.readers import get_reader
 from rwkvlab.data._base import DataError
 from rwkvlab.data.cache import prepare, resize_image, resize_label
 from rwkvlab.engine.evaluate import evaluate_split

@@ -5,70 +5,19 @@ archives unpack them (docs §15)."""
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Collection, Sequence
 
-import h5py
 import numpy as np
 
 from rwkvlab.data._base import DataError, pair_folder
+from rwkvlab.data.files import read_arrays, unit_image
 from rwkvlab.data.reader import Case, Reader, Sample
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ArrayFileReader", "read_arrays", "unit_image", "class_label", "locate", "paired_splits", "log_counts"]
-
-# Float rounding of a [0, 1] normalisation may overshoot by an ulp or so; more than this is a wrong scale.
-_UNIT_TOLERANCE = 1e-4
-
-
-def read_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """Read the arrays ``keys`` from an ``.npz`` file or, for any other suffix, an HDF5 file.
-
-    Raises:
-        DataError: naming ``path`` if it is missing, unreadable or truncated, or lacks one of ``keys``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                found = list(npz.files)
-                arrays = {k: npz[k] for k in keys if k in found}
-        else:
-            with h5py.File(path, "r") as h5:
-                found = list(h5.keys())
-                arrays = {k: h5[k][()] for k in keys if isinstance(h5.get(k), h5py.Dataset)}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: unreadable or truncated ({type(e).__name__}: {e})") from e
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing array(s) {missing}; found {found}, expected {list(keys)}")
-    return arrays
-
-
-def unit_image(array: np.ndarray, path: Path, ndim: int) -> np.ndarray:
-    """Check that ``array`` is an ``ndim``-D image of intensities in [0, 1]; return it as float32.
-
-    Raises:
-        DataError: naming ``path`` for a wrong rank, an empty or non-numeric array, or values outside [0, 1].
-    """
-    axes = "(D, H, W)" if ndim == 3 else "(H, W)"
-    if array.ndim != ndim or array.size == 0:
-        raise DataError(f"{path}: image has shape {array.shape}, expected a non-empty {axes} array")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise DataError(f"{path}: image has dtype {array.dtype}, expected float intensities in [0, 1]")
-    if not np.isfinite(array).all():
-        raise DataError(f"{path}: image has NaN or infinite values, expected intensities in [0, 1]")
-    lo, hi = float(array.min()), float(array.max())
-    if lo < -_UNIT_TOLERANCE or hi > 1 + _UNIT_TOLERANCE:
-        raise DataError(f"{path}: image values span [{lo:.4g}, {hi:.4g}], expected [0, 1] "
-                        f"(the published preprocessing normalises intensities)")
-    return np.clip(array, 0, 1).astype(np.float32, copy=False)
-
 
 def class_label(array: np.ndarray, path: Path, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
     """Check that ``array`` holds class indices 0..num_classes-1 of ``shape``; return it as uint8.

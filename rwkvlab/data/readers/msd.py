@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from rwkvlab.data._base import DataError, Problem, check_spacing
+from rwkvlab.data.files import read_nifti, resample_volume
 from rwkvlab.data.reader import Case, Reader, Sample, register_reader
 from rwkvlab.data.readers._binary import SPLIT_8_1_1
 
@@ -53,34 +52,6 @@ PERCENTILES = (0.5, 99.5)  # per-volume intensity range for MRI, as nnU-Net clip
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 _CHANNEL_FILE = re.compile(r"(.+)_(\d{4})")  # nnU-Net v2: <case>_<channel, 4 digits>
 _AFFINE_TOLERANCE = 1e-2  # mm; image and label must share their voxel grid
-
-
-def read_nifti(path: Path, orientation: Literal["voxel", "ras"] = "voxel"
-               ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """Read a NIfTI file as (D, H, W[, C]) with its spacing (mm along D, H, W) and its affine.
-
-    The voxel axes (i, j, k) become (k, j, i); a fourth (channel) axis stays last. With ``orientation="ras"``
-    the volume is first reoriented to the closest canonical (RAS+) orientation. The spacing is the header's
-    voxel size (``pixdim``) in the same order, each float32 value as its shortest decimal.
-
-    Raises:
-        DataError: naming ``path`` if it is unreadable, truncated, not 3D or 4D, or has a bad voxel size.
-    """
-    try:
-        nifti = nib.load(path)
-        if orientation == "ras":
-            nifti = nib.as_closest_canonical(nifti)
-        array = np.asarray(nifti.dataobj)
-        zooms = nifti.header.get_zooms()[:3]
-        affine = nifti.affine
-    except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise DataError(f"{path}: unreadable or truncated NIfTI ({type(e).__name__}: {e})") from e
-    if array.ndim not in (3, 4) or array.size == 0:
-        raise DataError(f"{path}: has shape {array.shape}, expected a 3D volume (X, Y, Z) or 4D (X, Y, Z, C)")
-    axes = (2, 1, 0, 3)[: array.ndim]
-    # The header stores float32: take the shortest decimal that gives it back (0.7, not 0.699999988).
-    spacing = check_spacing(np.array([float(str(np.float32(z))) for z in zooms[::-1]]), path)
-    return array.transpose(axes), spacing, affine
 
 
 def ct_window(raw: np.ndarray, window: Sequence[float] = CT_WINDOW) -> np.ndarray:
@@ -100,28 +71,6 @@ def percentile_scale(raw: np.ndarray, path: Path | str, percentiles: Sequence[fl
         raise DataError(f"{path}: intensity percentiles {list(percentiles)} are both {lo:.6g}; expected a "
                         f"non-constant image to scale to [0, 1]")
     return ((np.clip(raw.astype(np.float64), lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
-def resample_volume(image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], target: Sequence[float]
-                    ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
-    """Resample a (D, H, W) volume to about ``target`` mm per voxel.
-
-    The new shape is ``round(shape * spacing / target)`` (at least 1); the grid keeps the volume's extent
-    (voxel edges aligned, ``grid_mode``), so the returned spacing is ``spacing * shape / new_shape``, equal
-    to ``target`` up to that rounding. The image is interpolated with an order-3 spline and clipped to
-    [0, 1], the label with nearest neighbour (its values are kept).
-    """
-    shape = np.asarray(image.shape)
-    new_shape = np.maximum(1, np.round(shape * np.asarray(spacing) / np.asarray(target))).astype(int)
-    if (new_shape == shape).all():
-        return image, label, tuple(float(s) for s in spacing)
-    factors = new_shape / shape
-    out = ndimage.zoom(image.astype(np.float32), factors, order=3, mode="nearest", grid_mode=True)
-    out = np.clip(out, 0.0, 1.0).astype(np.float32)
-    if label is not None:
-        label = ndimage.zoom(label, factors, order=0, mode="nearest", grid_mode=True)
-    new_spacing = tuple(float(s) for s in np.asarray(spacing) * shape / new_shape)
-    return out, label, new_spacing
 
 
 def map_labels(array: np.ndarray, path: Path, values: Mapping[int, int], source: str) -> np.ndarray:
