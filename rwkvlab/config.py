@@ -9,6 +9,7 @@ notebook's folder (a JupyterLab or VS Code kernel) or any folder inside the proj
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -438,7 +439,8 @@ def _convert(value: Any, tp: Any, where: str, root: Path) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"params: {where} must be a path string, got {value!r}")
         p = Path(value)
-        return p if p.is_absolute() else root / p
+        # normalised (../data from a params file in a subfolder is <project>/data), symbolic links kept
+        return p if p.is_absolute() else Path(os.path.normpath(root / p))
     if origin is dict:
         kt, vt = typing.get_args(tp)
         if not isinstance(value, dict):

@@ -13,7 +13,7 @@ from rwkvlab.report.ablations import (ablation_setting, ablation_tables, bubble_
                                       write_ablation_tables)
 
 ROOT = Path(__file__).resolve().parents[1]
-P = config.load(ROOT / "params.yaml")
+P = config.load(ROOT / "tests" / "params.yaml")
 
 
 def test_ablation_run_applies_the_variant():
@@ -34,7 +34,7 @@ def test_a_variant_can_train_on_its_own_dataset(tmp_path):
     # Table 13: Synapse prepared at 512 x 512, beside the 224 x 224 of the other variants
     datasets = {**{k: str(v) for k, v in P.prepare.datasets.items()}, "synapse_512": str(tmp_path)}
     with_512 = {"prepare.datasets": datasets, "ablate.trained": ["attn_spatial_mix", "b_512"]}
-    p = config.load(ROOT / "params.yaml", **with_512)
+    p = config.load(ROOT / "tests" / "params.yaml", **with_512)
     run = resolve(p, Variant("b_512"))
     assert (run.dataset, run.model_kwargs) == ("synapse_512", {}) and p.prepare.image_size["synapse_512"] == (512, 512)
     assert resolve(p, Variant("attn_spatial_mix")).dataset == P.ablate.dataset
@@ -44,11 +44,11 @@ def test_a_variant_can_train_on_its_own_dataset(tmp_path):
     assert "own dataset" not in ablation_setting(P.ablate)
     with pytest.raises(ValueError, match=r"ablate.variants.b_512.dataset 'synapse_512' \(trained variant b_512\) "
                                          r"is not in prepare.datasets"):
-        config.load(ROOT / "params.yaml", **{"ablate.trained": ["b_512"]})
+        config.load(ROOT / "tests" / "params.yaml", **{"ablate.trained": ["b_512"]})
 
 
 def test_paper_base_when_no_demo_model():
-    p = config.load(ROOT / "params.yaml", **{"ablate.model": None})
+    p = config.load(ROOT / "tests" / "params.yaml", **{"ablate.model": None})
     assert resolve(p, Variant("s_shallow_attn")).model == "rwkv_unet_s"
 
 
@@ -58,7 +58,7 @@ def test_paper_base_when_no_demo_model():
 ])
 def test_bad_variant_settings(override, match):
     with pytest.raises(ValueError, match=match):
-        resolve(config.load(ROOT / "params.yaml", **override), Variant("attn_mhsa"))
+        resolve(config.load(ROOT / "tests" / "params.yaml", **override), Variant("attn_mhsa"))
 
 
 def test_unknown_variant_lists_the_known_ones():
@@ -111,7 +111,7 @@ def _paper_profile(tmp_path):
     from rwkvlab.profile import apply_profile
 
     params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text())
+    params.write_text((ROOT / "tests" / "params.yaml").read_text())
     apply_profile(params, "paper", ROOT / "profiles")
     return config.load(params)
 

@@ -79,7 +79,7 @@ UNREACHABLE = {f"enc_{e}{rule}" for e in ENCODERS for rule in ("", "_ccm_own")}
 
 @pytest.fixture(scope="module")
 def table():
-    variants = config.load(ROOT / "params.yaml").ablate.variants
+    variants = config.load(ROOT / "tests" / "params.yaml").ablate.variants
     # RWKV-UNet and its variants with a figure in the paper (the baselines' MACs are reported, not targets:
     # tests/models/test_baselines.py)
     rows = [r for r in variant_rows(variants) if r.model.startswith("rwkv_") and r.paper_flops_g is not None]
@@ -102,11 +102,11 @@ def test_every_ablation_cell_within_three_percent(table):
 
 
 def test_command_line_csv(capsys):
-    assert main(["--variants", "rwkv_unet_t,attn_mhsa", "--csv", "-", "--params", str(ROOT / "params.yaml")]) == 0
+    assert main(["--variants", "rwkv_unet_t,attn_mhsa", "--csv", "-", "--params", str(ROOT / "tests" / "params.yaml")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "variant,params_m,macs_g,wkv_macs_g,paper_flops_g,rel_diff"
     assert [line.split(",")[0] for line in lines[1:]] == ["rwkv_unet_t", "attn_mhsa"]
-    assert main(["--variants", "nope", "--params", str(ROOT / "params.yaml")]) == 2
+    assert main(["--variants", "nope", "--params", str(ROOT / "tests" / "params.yaml")]) == 2
     assert "unknown variant" in capsys.readouterr().err
 
 

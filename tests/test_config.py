@@ -21,8 +21,10 @@ def test_committed_params_load():
     assert p.base.data_dir == ROOT / "data"
     assert all(p.train.recipe(r.recipe).epochs > 0 for r in p.train.runs.values())
     assert {r.dataset for r in p.train.runs.values()} <= set(p.prepare.datasets)
-    assert p.train.run("demo-swin_unet").kwargs == {"feature_size": 24}
-    assert p.train.run("demo-rwkv_unet_t").seeds == (0,)
+    study = config.load(ROOT / "tests" / "params.yaml")  # the frozen copy the library's tests read
+    assert study.base.data_dir == p.base.data_dir and study.prepare.datasets == p.prepare.datasets
+    assert study.train.run("demo-swin_unet").kwargs == {"feature_size": 24}
+    assert study.train.run("demo-rwkv_unet_t").seeds == (0,)
 
 
 def test_every_prepared_dataset_has_a_reader():
@@ -36,8 +38,9 @@ def test_every_prepared_dataset_has_a_reader():
 
 
 def committed(**overrides):
-    """The committed params.yaml with dotted keys replaced (what every test below varies)."""
-    return config.load(ROOT / "params.yaml", **overrides)
+    """The study's params (tests/params.yaml, a frozen copy of params.yaml) with dotted keys replaced (what every
+    test below varies)."""
+    return config.load(ROOT / "tests" / "params.yaml", **overrides)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +62,7 @@ def test_bad_params_are_named(overrides, message):
 
 def test_a_section_without_a_value_is_named(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text((ROOT / "params.yaml").read_text().replace("  n: 8 ", "  # n removed "))
+    f.write_text((ROOT / "tests" / "params.yaml").read_text().replace("  n: 8 ", "  # n removed "))
     with pytest.raises(ValueError, match=r"erf is missing required key\(s\) \['n'\]"):
         config.load(f)
 
@@ -129,7 +132,7 @@ def test_bad_runs_are_named(runs, extra, message):
 
 def test_overrides_and_relative_paths(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text((ROOT / "params.yaml").read_text())
+    f.write_text((ROOT / "tests" / "params.yaml").read_text())
     p = config.load(f, **{"base.seed": 7, "base.data_dir": "d"})
     assert p.base.seed == 7 and p.base.data_dir == tmp_path / "d"
 

@@ -28,6 +28,8 @@ from rwkvlab.engine.losses import seg_loss
 from rwkvlab.engine.train import build_optimizer, fit
 from rwkvlab.models import create_model
 
+STUDY_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the frozen study configuration
+
 CPU = torch.device("cpu")
 # No drop path: the reference replays no per-rank random numbers.
 KWARGS = {"drop_path_rate": 0.0, "ccm_drop_path": 0.0}
@@ -164,7 +166,7 @@ def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, sel
     if "out" in selection:  # the children write where the command was told to, or where the stage writes
         selection["out"] = tmp_path / selection["out"]
         expected = [str(tmp_path / a) if a == "adhoc" else a for a in expected]
-    run = cli._run(cli.config.load("params.yaml", **overrides), seed, name, **selection)
+    run = cli._run(cli.config.load(STUDY_PARAMS, **overrides), seed, name, **selection)
     calls = []
 
     def fake_run(cmd, check):  # what rank 0 of the torchrun job leaves behind
@@ -175,13 +177,13 @@ def test_launch_runs_torchrun_when_nproc_is_above_one(tmp_path, monkeypatch, sel
 
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
     monkeypatch.setattr(cli.runs, "train", lambda *a, **k: pytest.fail("trained in process"))
-    history = cli.launch(cli.config.load("params.yaml", **overrides), name, seed, nproc=2, **selection)
+    history = cli.launch(cli.config.load(STUDY_PARAMS, **overrides), name, seed, nproc=2, **selection)
     (cmd,) = calls
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     args = cmd[6:]
     n = 4 + len(expected)
     # the children read the very file the stage loaded, by its absolute path
-    assert args[:n] == ["rwkvlab.train", "--params", str(Path("params.yaml").resolve()), *expected, "--no-evaluate"]
+    assert args[:n] == ["rwkvlab.train", "--params", str(STUDY_PARAMS), *expected, "--no-evaluate"]
     assert args[n::2] == ["--set"] * len(overrides)
     assert cli.parse_overrides(args[n + 1::2]) == overrides  # the children load the same params
     assert history["val_dsc"].tolist() == [50.0]

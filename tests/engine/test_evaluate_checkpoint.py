@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def prepared(tmp_path_factory):
     """The embedded demo set prepared at 64 x 64 under a temporary data folder."""
     data_dir = tmp_path_factory.mktemp("data")
-    p = config.load(ROOT / "params.yaml", **{"base.data_dir": str(data_dir)})
+    p = config.load(ROOT / "tests" / "params.yaml", **{"base.data_dir": str(data_dir)})
     prepare(get_reader("demo", ROOT / "data" / "demo"), (64, 64), paths.cache(p, "demo"), paths.splits_dir(p, "demo"),
             [0])
     return data_dir, p

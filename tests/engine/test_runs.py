@@ -23,7 +23,7 @@ RUNS = {
 
 @pytest.fixture
 def p(tmp_path):
-    return config.load(ROOT / "params.yaml", **{"base.reports_dir": str(tmp_path / "reports"),
+    return config.load(ROOT / "tests" / "params.yaml", **{"base.reports_dir": str(tmp_path / "reports"),
                                                 "base.checkpoints_dir": str(tmp_path / "ck"), "train.runs": RUNS})
 
 
@@ -44,14 +44,14 @@ def test_configured_run_per_seed(p, tmp_path):
 
 def test_a_runs_init_replaces_its_recipes(tmp_path):
     with_init = {**RUNS, "demo-t": {**RUNS["demo-t"], "init": "pretrain/rwkv_enc_t"}}
-    p = config.load(ROOT / "params.yaml", **{"base.checkpoints_dir": str(tmp_path / "ck"), "train.runs": with_init})
+    p = config.load(ROOT / "tests" / "params.yaml", **{"base.checkpoints_dir": str(tmp_path / "ck"), "train.runs": with_init})
     run = runs.resolve(p, runs.Configured("demo-t", 1))
     assert run.init == tmp_path / "ck" / "pretrain" / "rwkv_enc_t" / "encoder.pt"
     assert run.recipe == dataclasses.replace(p.train.recipes["demo"], init="pretrain/rwkv_enc_t")
     assert runs.resolve(p, runs.Configured("demo-swin", 0)).init is None  # the same recipe, other runs: untouched
     # an ad-hoc run of the same dataset, model and recipe but without the init is another run
     with pytest.raises(ValueError, match="'demo-t' is also a configured run"):
-        runs.resolve(config.load(ROOT / "params.yaml", **{"train.runs": {"demo-t": with_init["demo-t"]}}), runs.AdHoc("demo", "t"))
+        runs.resolve(config.load(ROOT / "tests" / "params.yaml", **{"train.runs": {"demo-t": with_init["demo-t"]}}), runs.AdHoc("demo", "t"))
 
 
 @pytest.mark.parametrize("override,where", [
@@ -63,15 +63,15 @@ def test_a_runs_init_replaces_its_recipes(tmp_path):
 def test_an_init_must_name_a_pretrained_encoder(override, where):
     with pytest.raises(ValueError, match=rf"{where} is 'pretrain/rwkv_enc_.'; it must be pretrain/<model> with "
                                          rf"<model> one of pretrain.models \['rwkv_enc_t'\]"):
-        config.load(ROOT / "params.yaml", **override)
+        config.load(ROOT / "tests" / "params.yaml", **override)
 
 
 def test_an_init_may_name_a_checkpoint_file_relative_to_the_params_file(tmp_path):
-    p = config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "data/release/rwkv_enc_t.pt"})
-    assert runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t")).init == ROOT / "data/release/rwkv_enc_t.pt"
+    p = config.load(ROOT / "tests" / "params.yaml", **{"train.recipes.demo.init": "data/release/rwkv_enc_t.pt"})
+    assert runs.resolve(p, runs.AdHoc("demo", "rwkv_unet_t")).init == p.file.parent / "data/release/rwkv_enc_t.pt"
     with pytest.raises(ValueError, match=r"train.recipes.demo.init is 'enc_t'; it must be pretrain/<model> .* a "
                                          r"checkpoint file \(.pt"):
-        config.load(ROOT / "params.yaml", **{"train.recipes.demo.init": "enc_t"})
+        config.load(ROOT / "tests" / "params.yaml", **{"train.recipes.demo.init": "enc_t"})
 
 
 def test_train_init_replaces_the_runs_init(monkeypatch, tmp_path):
@@ -80,7 +80,7 @@ def test_train_init_replaces_the_runs_init(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(train, "launch", lambda p, *a, **k: seen.append(p.overrides))
     monkeypatch.chdir(tmp_path)  # a file named on the command line is relative to the shell's folder
-    params = ["--params", str(ROOT / "params.yaml")]
+    params = ["--params", str(ROOT / "tests" / "params.yaml")]
     assert train.main(["--dataset", "demo", "--model", "rwkv_unet_t", "--init", "enc.pt", "--no-evaluate",
                        *params]) == 0
     assert train.main(["--run", "demo-rwkv_unet_t", "--init", "pretrain/rwkv_enc_t", "--no-evaluate", *params]) == 0
@@ -100,7 +100,7 @@ def test_load_data_reads_the_runs_split(p, monkeypatch):
     monkeypatch.setattr(runs, "load_prepared", lambda cache, split: (cache, split))
     assert runs.load_data(p, runs.resolve(p, runs.Configured("demo-t", 1))) == (
         p.base.data_dir / "prepared" / "demo" / "cache.h5", p.base.data_dir / "splits" / "demo" / "seed1.json")
-    ablation = runs.load_data(p, runs.resolve(config.load(ROOT / "params.yaml", **{"ablate.split_seed": 2}), runs.Variant("attn_none")))
+    ablation = runs.load_data(p, runs.resolve(config.load(ROOT / "tests" / "params.yaml", **{"ablate.split_seed": 2}), runs.Variant("attn_none")))
     assert ablation[1].name == "seed2.json"
 
 

@@ -10,7 +10,7 @@ from rwkvlab import config, create_model
 from rwkvlab.models.rwkv_unet import SIZES
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = config.load(ROOT / "params.yaml").ablate.variants
+VARIANTS = config.load(ROOT / "tests" / "params.yaml").ablate.variants
 
 
 def n_params(m):

@@ -258,7 +258,7 @@ def test_command_line(tmp_path, capsys):
     assert printed == json.loads((tmp_path / "out/area_ratio.json").read_text())
     assert np.load(tmp_path / "out/erf.npy").shape == (32, 48)
     params = tmp_path / "params.yaml"
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "tests" / "params.yaml").read_text())
     raw["ablate"].update(trained=[], variants={"lp": {"table": "2", "kwargs": {"mixer": "none"}}})
     params.write_text(yaml.safe_dump(raw))
     assert main(["--model", "rwkv_enc_t", "--variant", "lp", "--params", str(params), "--images", str(tmp_path),
@@ -269,7 +269,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_variant_erfs_probes_each_variant_at_init_and_trained(tmp_path):
-    p = config.load(ROOT / "params.yaml", **{
+    p = config.load(ROOT / "tests" / "params.yaml", **{
         "base.device": "cpu", "base.checkpoints_dir": str(tmp_path / "ckpt"), "base.reports_dir": str(tmp_path / "reports"),
         "ablate.model": "rwkv_unet_t", "ablate.trained": [],
         "ablate.variants": {"v_none": {"table": "2", "kwargs": {"mixer": "none"}}, "v_mix": {"table": "2"}},
