@@ -320,9 +320,12 @@ def comparison_chart(summaries: Mapping[str, tuple[Path, Mapping[str, Any]]], co
         have = sorted({s["dataset"] for _, s in runs.values()})
         raise ValueError(f"no run of dataset {dataset!r}; datasets with runs: {', '.join(have) or 'none'}")
     ours = []
-    for run, s in mine:
+    labels = [_label(s).removesuffix(" (this study)") for _, s in mine]
+    for (run, s), label in zip(mine, labels):
         c = _complexity(run, complexity)
-        ours.append((c.macs_g, float(s["mean"]["dsc"]), c.params / 1e6, _label(s).removesuffix(" (this study)")))
+        if labels.count(label) > 1:  # one model trained two ways (another recipe): the run names which
+            label = f"{label} ({run})"
+        ours.append((c.macs_g, float(s["mean"]["dsc"]), c.params / 1e6, label))
     table = next((spec for spec in COMPARISON_TABLES.values() if dataset in spec.datasets), None)
     paper = []
     if table is not None and table.complexity:

@@ -205,3 +205,14 @@ def test_chart_other_dataset_has_ours_only():
     assert len(xy) == 1  # Table 3 prints no parameters or FLOPs
     with pytest.raises(ValueError, match="no run of dataset 'kvasir_seg'; datasets with runs: acdc, busi"):
         comparison_chart(runs(), COMPLEXITY, "kvasir_seg")
+
+
+def test_chart_names_the_run_where_one_model_is_trained_two_ways():
+    made = runs()
+    made["demo-rwkv_unet_t-semi"] = (Path("reports/evaluate/demo-rwkv_unet_t-semi/metrics.json"),
+                                     summary("demo", "rwkv_unet_t", DEMO, kwargs={"mixer": "none"}))
+    complexity = {**COMPLEXITY, "demo-rwkv_unet_t-semi": COMPLEXITY["demo-rwkv_unet_t"]}
+    (ax,) = comparison_chart(made, complexity, "demo").axes
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["RWKV-UNet-T mixer=none (demo-rwkv_unet_t)", "RWKV-UNet-T mixer=none (demo-rwkv_unet_t-semi)",
+                     "U-Net"]
