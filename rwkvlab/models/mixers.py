@@ -76,7 +76,7 @@ class MHSA(Attention):
         The paper's Table 2 row (+7.44G over the Spatial Mix) counts these as 2 FLOPs per MAC (docs §10).
         """
         t = math.prod(hw)
-        return {"attention": 2 * n * t * t * self.attn_dim}
+        return {"attention": 2 * n * t * t * self.num_heads * self.head_dim}  # the attention width (timm >= 1.0.23: attn_dim)
 
 
 class FocusedLinearAttention(nn.Module):
