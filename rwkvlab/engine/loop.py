@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from timm.layers import DropPath
 from timm.optim import create_optimizer_v2
 from timm.utils import distribute_bn, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import update_bn
 
 from rwkvlab.engine.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from rwkvlab.engine.distributed import barrier, rank_world
@@ -33,7 +35,7 @@ from rwkvlab.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "Checkpoints", "run_epochs", "build_optimizer", "wrap_ddp", "average_batchnorm"]
+__all__ = ["Task", "Checkpoints", "run_epochs", "build_optimizer", "wrap_ddp", "precise_bn", "average_batchnorm"]
 
 
 class Task(ABC):
@@ -207,6 +209,21 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, sync_buffers: bool = Tru
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=sync_buffers)
+
+
+def precise_bn(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
+    """Recompute every BatchNorm's running statistics over ``batches`` (torch's ``update_bn``) with drop path
+    switched off: ``update_bn`` runs the model in train mode, where DropPath would drop residual branches and
+    skew the statistics towards a network that inference never runs."""
+    paths = [m for m in model.modules() if isinstance(m, DropPath)]
+    rates = [m.drop_prob for m in paths]
+    for m in paths:
+        m.drop_prob = 0.0
+    try:
+        update_bn(batches, model)
+    finally:
+        for m, rate in zip(paths, rates):
+            m.drop_prob = rate
 
 
 def average_batchnorm(*models: nn.Module) -> None:

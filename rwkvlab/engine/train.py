@@ -39,9 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.utils import set_determinism
-from timm.layers import DropPath
 from torch import nn
-from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rwkvlab.config import Recipe
@@ -55,14 +53,14 @@ from rwkvlab.engine.distributed import barrier, broadcast_from_main, rank_world,
 from rwkvlab.engine.evaluate import evaluate_split, summarize
 from rwkvlab.engine.inference import SlidingWindow, check_image_size, spatial_dims
 from rwkvlab.engine.losses import seg_loss
-from rwkvlab.engine.loop import Task, average_batchnorm, run_epochs, wrap_ddp
+from rwkvlab.engine.loop import Task, average_batchnorm, precise_bn, run_epochs, wrap_ddp
 from rwkvlab.io import atomic_write
 from rwkvlab.models import create_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["fit", "train_step", "semisup_step", "build_optimizer", "check_recipe", "NonFiniteLossError",
-           "data_fingerprint", "model_kwargs_for", "consistency_ramp", "unlabelled_pool", "unlabelled_order", "precise_bn"]
+           "data_fingerprint", "model_kwargs_for", "consistency_ramp", "unlabelled_pool", "unlabelled_order"]
 
 # consistency comes last so that the CSVs of supervised runs written before it keep their columns' places
 _HISTORY = ["epoch", "lr", "train_loss", "val_dsc", "consistency"]
@@ -311,21 +309,6 @@ def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: 
     sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, drop_last=False,
                       num_workers=num_workers, pin_memory=device.type == "cuda")
-
-
-def precise_bn(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
-    """Recompute every BatchNorm's running statistics over ``batches`` (torch's ``update_bn``) with drop path
-    switched off: ``update_bn`` runs the model in train mode, where DropPath would drop residual branches and
-    skew the statistics towards a network that inference never runs."""
-    paths = [m for m in model.modules() if isinstance(m, DropPath)]
-    rates = [m.drop_prob for m in paths]
-    for m in paths:
-        m.drop_prob = 0.0
-    try:
-        update_bn(batches, model)
-    finally:
-        for m, rate in zip(paths, rates):
-            m.drop_prob = rate
 
 
 class _Images:

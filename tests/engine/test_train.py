@@ -274,7 +274,7 @@ def test_recipe_errors_name_the_field():
 def test_precise_bn_runs_without_drop_path():
     """The statistics precise_bn computes are those of the network inference runs: with drop path at 0.9 they
     equal those of the same weights without drop path, and the drop rate is restored afterwards."""
-    from rwkvlab.engine.train import precise_bn
+    from rwkvlab.engine.loop import precise_bn
     from timm.layers import DropPath
 
     torch.manual_seed(0)
