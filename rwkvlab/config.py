@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["Base", "Prepare", "PretrainRecipe", "Pretrain", "Recipe", "TrainRun", "Train", "Variant", "Protocol",
-           "Ablate", "Erf", "Evaluate", "Report", "Params", "PARAMS_FILE", "find_params_file", "load",
+           "Ablate", "Erf", "Evaluate", "Report", "NnunetDataset", "NnunetRun", "Nnunet", "Params", "PARAMS_FILE", "find_params_file", "load",
            "recipe_with_defaults"]
 
 PARAMS_FILE = "params.yaml"
@@ -337,6 +337,48 @@ class Report:
 
 
 @dataclass(frozen=True)
+class NnunetDataset:
+    """A dataset in nnU-Net v2's raw layout, planned and preprocessed by nnU-Net under its ``id``."""
+
+    id: int
+    source: Path
+    configuration: str
+
+
+@dataclass(frozen=True)
+class NnunetRun:
+    """A trainer on a dataset, with nnU-Net's plans of it (``python -m rwkvlab.nnunet``, docs §24)."""
+
+    dataset: str
+    trainer: str
+
+
+@dataclass(frozen=True)
+class Nnunet:
+    """RWKV-UNet inside nnU-Net v2 beside nnU-Net's own U-Net (docs §24).
+
+    Args:
+        root: the study's nnU-Net folders, ``<root>/<dataset>/{raw,preprocessed,results/<run>}``.
+        datasets: name -> its nnU-Net id, raw folder and the configuration trained.
+        runs: name -> dataset and trainer (stage ``nnunet_train@<name>``).
+        epochs, iterations: the budget; other than nnU-Net's 1000 x 250 it trains the short-budget variant
+            ``<trainer>_<epochs>epochs_<iterations>iters``.
+        folds: nnU-Net's cross-validation folds each run trains.
+        augmentation_workers: nnU-Net's data-augmentation processes (``nnUNet_n_proc_DA``); 0 augments in the
+            training process, which with ``base.seed`` makes a CPU run repeat bit for bit; ``None``: nnU-Net's own
+            choice (its per-machine table, at most the CPU count).
+    """
+
+    root: Path
+    datasets: dict[str, NnunetDataset]
+    runs: dict[str, NnunetRun]
+    epochs: int
+    iterations: int
+    folds: tuple[int, ...]
+    augmentation_workers: int | None
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base
     prepare: Prepare
@@ -346,6 +388,7 @@ class Params:
     ablate: Ablate
     erf: Erf
     report: Report
+    nnunet: Nnunet
     # the file it was read from (absolute), so that a stage can hand the same file to its torchrun children
     file: Path | None = field(default=None, init=False, compare=False)
     # the dotted keys load() replaced, which a torchrun child must replace too to read the same params
@@ -394,6 +437,15 @@ def _check_runs(p: Params) -> None:
     if p.ablate.split_seed not in seeds:
         raise ValueError(f"params: ablate.split_seed {p.ablate.split_seed} is not in prepare.split_seeds "
                          f"{list(p.prepare.split_seeds)}")
+    for name, run in p.nnunet.runs.items():
+        if not _RUN_NAME.fullmatch(name):
+            raise ValueError(f"params: nnunet.runs: run name {name!r} must be letters, digits, '_' and '-'")
+        if run.dataset not in p.nnunet.datasets:
+            raise ValueError(f"params: nnunet.runs.{name}.dataset {run.dataset!r} is not in nnunet.datasets; "
+                             f"datasets: {sorted(p.nnunet.datasets)}")
+    if p.nnunet.epochs < 1 or p.nnunet.iterations < 1 or not p.nnunet.folds:
+        raise ValueError(f"params: nnunet.epochs and nnunet.iterations must be >= 1 and nnunet.folds not empty, got "
+                         f"{p.nnunet.epochs}, {p.nnunet.iterations}, {list(p.nnunet.folds)}")
     models = p.pretrain.models
     if not models or len(set(models)) != len(models) or not all(_RUN_NAME.fullmatch(m) for m in models):
         raise ValueError(f"params: pretrain.models must be distinct registered encoder names (e.g. [rwkv_enc_t]), "

@@ -19,7 +19,7 @@ LAYERS = {
     "data": 1,
     "models": 2,
     "engine": 3, "complexity": 3,
-    "report": 4,
+    "report": 4, "nnunet": 4,
     # command lines and tools, on top: each module's main, every package's __main__, and what only they use
     "cli": 5, "train": 5, "pretrain": 5, "evaluate": 5, "erf": 5, "predict": 5, "export": 5, "convert": 5,
     "pipeline": 5, "profile": 5, "notebook": 5, "bench": 5,
