@@ -3,6 +3,7 @@
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,9 @@ erf: {{variants: [attn_none, attn_spatial_mix], images: {demo}/images, size: [32
        checkpoint: last}}
 evaluate: {{batch_size: 8}}
 report: {{overlay_cases: 2}}
+nnunet: {{root: nnunet, datasets: {{volume_demo: {{id: 901, source: volume_demo, configuration: 3d_fullres}}}},
+         runs: {{volume_demo-unet: {{dataset: volume_demo, trainer: nnUNetTrainer}}}}, epochs: 2, iterations: 5,
+         folds: [0], augmentation_workers: 0}}
 """
 
 
@@ -174,6 +178,10 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
             for j in jobs:
                 check_executed(Path(j["out"]), j["figures"])
 
+    # the nnunet_train stage's output (a real one: tests/test_nnunet.py trains through nnU-Net itself)
+    nnunet_run = tmp_path / "reports" / "nnunet" / "volume_demo-unet"
+    nnunet_run.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "report" / "nnunet_metrics.json", nnunet_run / "metrics.json")
     executed.mkdir()
     run([job("01_prepare_data", "01_demo", cwd=tmp_path, params_file=str(params), dataset="demo"),
          job("01_prepare_data", "01_synapse_demo", dataset="synapse_demo"),
@@ -208,7 +216,8 @@ def test_every_notebook_runs_with_tiny_parameters(tmp_path):
     test_volumes = json.loads((tmp_path / "data/splits/volume_demo/seed0.json").read_text())["test"]
     assert set(volume_cases["case"]) == set(test_volumes) and volume_cases["hd95_mm"].notna().all()
     for out in ["reports/comparison/runs_volume_demo.md", "reports/comparison/chart_volume_demo.png",
-                "reports/figures/volume_slices_volume_demo.png"]:
+                "reports/figures/volume_slices_volume_demo.png", "reports/comparison/nnunet_volume_demo.md",
+                "reports/figures/nnunet_volume_demo.png"]:
         assert (tmp_path / out).is_file(), out
     assert "skipped" in (tmp_path / "reports/datasets/busi/card.md").read_text()
     for out in ["data/prepared/demo/cache.h5", "data/splits/demo/seed0.json", "reports/datasets/demo/card.md",
