@@ -100,6 +100,7 @@ def study_train(p: config.Params, run_name: str) -> None:
         _skip([folders.results, reports], f"nnunet.runs.{run_name}: its dataset {run.dataset} was skipped")
         return
     trainer = steps.budget_trainer(run.trainer, p.nnunet.epochs, p.nnunet.iterations)
+    network = _network(trainer, entry.configuration)  # an unknown trainer fails here, before nnU-Net starts
     dataset = steps.dataset_folder(entry.id, run.dataset)
     # The results folder persists (dvc.yaml) so that a killed run resumes; DVC reruns a finished one only because
     # something changed, and then it starts over. RUNNING.json tells the two apart.
@@ -122,7 +123,7 @@ def study_train(p: config.Params, run_name: str) -> None:
         folds.append({"fold": fold, "ours": ours, "nnunet": {
             "dice": nnunet["foreground_mean"]["Dice"],
             **{f"dice_{c}": m["Dice"] for c, m in _by_class(nnunet, folders.raw / dataset).items()}}})
-    metrics = {"run": run_name, "dataset": run.dataset, "network": _network(run.trainer, entry.configuration),
+    metrics = {"run": run_name, "dataset": run.dataset, "network": network,
                "trainer": trainer, "configuration": entry.configuration,
                "epochs": p.nnunet.epochs, "iterations": p.nnunet.iterations, "seed": p.base.seed,
                **steps.complexity(folders, entry.id, entry.configuration, trainer), "folds": folds}
@@ -138,12 +139,15 @@ def _network(trainer: str, configuration: str) -> str:
     """The label of the network ``trainer`` trains (a registered model's card label, or nnU-Net's U-Net)."""
     from rwkvlab.models import model_card
     from rwkvlab.nnunet.network import model_for
+    from rwkvlab.nnunet.trainers import nnUNetTrainerRWKVUNet
     from rwkvlab.nnunet.trainers import trainer as find_trainer
 
-    size = getattr(find_trainer(trainer), "size", None)
-    if size is not None:
-        return model_card(model_for(size, 2 if configuration == "2d" else 3)).label
-    return "nnU-Net U-Net" if trainer == "nnUNetTrainer" else trainer
+    cls = find_trainer(trainer)  # nnU-Net's nnUNetTrainer or one of ours, with its budget
+    if not issubclass(cls, nnUNetTrainerRWKVUNet):
+        return "nnU-Net U-Net"
+    if cls.size is None:
+        return "RWKV-UNet (the plans' network)"
+    return model_card(model_for(cls.size, 2 if configuration == "2d" else 3)).label
 
 
 def _by_class(summary: dict, raw_dataset: Path) -> dict[str, dict]:
