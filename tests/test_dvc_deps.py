@@ -143,7 +143,8 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(tmp_path, monk
     assert "report" in stages("rwkvlab/report/comparison.py")
     evaluate = {s for s in stage_names if s.startswith("evaluate@")}
     assert evaluate | {"erf"} <= stages("rwkvlab/engine/inference.py")
-    loads_params = {s for s in stage_names if "notebooks/" in " ".join(derived[s])}
+    # the stages that read params.yaml: every notebook, and the nnU-Net command's study stages
+    loads_params = {s for s in stage_names if "notebooks/" in " ".join(derived[s]) or s.startswith("nnunet_")}
     assert stages("rwkvlab/config.py") == loads_params
     # and one edit alone marks exactly those
     assert set(_changed(repo, scratch, ["rwkvlab/complexity/__init__.py"])) == stages("rwkvlab/complexity/__init__.py")
