@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
+
+from rwkvlab.report.figures import new_figure
 
 __all__ = ["read_runs", "comparison_table", "comparison_figure"]
 
@@ -52,12 +54,12 @@ def comparison_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).round(2)
 
 
-def comparison_figure(table: pd.DataFrame, dataset: str) -> plt.Figure:
+def comparison_figure(table: pd.DataFrame, dataset: str) -> Figure:
     """Per-class and mean DSC of each network, nnU-Net's Dice solid and ours hatched (the same predictions)."""
     classes = [c[len("Dice "):-len(" nnU-Net")] for c in table.columns if c.startswith("Dice ") and
                c.endswith(" nnU-Net") and c != "Dice nnU-Net"]
     groups = ["mean", *classes]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.6))
+    fig, ax = new_figure(figsize=(1.6 + 1.3 * len(groups), 3.6))
     width = 0.8 / (2 * len(table))
     for i, (_, row) in enumerate(table.iterrows()):
         for j, (source, prefix, hatch) in enumerate((("nnU-Net", "Dice", None), ("ours", "DSC", "//"))):
