@@ -126,8 +126,8 @@ def test_both_networks_train_and_predict_through_nnunet(nnunet_run):
         assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
     rwkv = torch.load(folders.results / "Dataset987_tiny" / f"{trainers[1]}__nnUNetPlans__3d_fullres" / "fold_0" /
                       "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    # RWKV-UNet's own weights, not nnU-Net's U-Net: the Bi-WKV decay of its spatial mix is there
-    assert any("spatial_decay" in k or "decay" in k for k in rwkv["network_weights"])
+    # RWKV-UNet's own weights, not nnU-Net's U-Net: the Bi-WKV decay of its spatial mixes is there
+    assert any(k.endswith(".mix.decay") for k in rwkv["network_weights"])
 
 
 def test_our_protocol_agrees_with_nnunets_summary(nnunet_run):
