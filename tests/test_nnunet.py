@@ -89,7 +89,8 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def nnunet_run(tmp_path_factory):
     """Six 16x32x32 volumes through nnU-Net's own entry points: plan and preprocess, then nnU-Net's U-Net and
-    RWKV-UNet-T trained for 2 iterations each (the short-budget variant), validated, and one case predicted."""
+    RWKV-UNet-T trained for 2 iterations each (the short-budget variant), validated, and one case predicted; and
+    RWKV-UNet-T in nnU-Net's 2d configuration, trained and validated."""
     root = tmp_path_factory.mktemp("nnunet")
     folders = steps.Folders(root / "raw", root / "preprocessed", root / "results")
     raw = folders.raw / "Dataset987_tiny"
@@ -97,8 +98,8 @@ def nnunet_run(tmp_path_factory):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, **folders.environment(), "nnUNet_def_n_proc": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    _run(["nnUNetv2_plan_and_preprocess", "-d", "987", "-c", "3d_fullres", "--verify_dataset_integrity",
-          "-np", "1", "-npfp", "1"], env, root)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", "987", "-c", "3d_fullres", "2d", "--verify_dataset_integrity",
+          "-np", "1", "1", "-npfp", "1"], env, root)
     env["nnUNet_n_proc_DA"] = "0"  # augment in the training process: 2 cores, and the planner refuses 0
     trainers = ["nnUNetTrainer_1epochs_2iters", "nnUNetTrainerRWKVUNetT_1epochs_2iters"]
     predicted = {}
@@ -110,6 +111,8 @@ def nnunet_run(tmp_path_factory):
               "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1",
               "-nps", "1"], env, root)
         predicted[trainer] = root / trainer / "demo_001.nii.gz"
+    # nnU-Net's 2d configuration: RWKV-UNet-T on the slices, with the strides nnU-Net plans for them
+    _run(["nnUNetv2_train", "987", "2d", "0", "-tr", trainers[1], "-device", "cpu"], env, root)
     return folders, raw, trainers, predicted
 
 
@@ -130,11 +133,20 @@ def test_both_networks_train_and_predict_through_nnunet(nnunet_run):
     assert any(k.endswith(".mix.decay") for k in rwkv["network_weights"])
 
 
+def test_rwkv_unet_trains_in_nnunets_2d_configuration(nnunet_run):
+    folders, _, trainers, _ = nnunet_run
+    fold = folders.results / "Dataset987_tiny" / f"{trainers[1]}__nnUNetPlans__2d" / "fold_0"
+    assert (fold / "validation" / "summary.json").is_file()
+    weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert any(k.endswith(".mix.decay") for k in weights)
+    assert max(w.ndim for w in weights.values()) == 4  # 2D convolutions (the 3D model's are 5D)
+
+
 def test_our_protocol_agrees_with_nnunets_summary(nnunet_run):
     """Two implementations of the Dice on the same predicted files: nnU-Net's validation summary and ours."""
     folders, raw, trainers, _ = nnunet_run
-    for trainer in trainers:
-        fold = folders.results / "Dataset987_tiny" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    for trainer, configuration in [*((t, "3d_fullres") for t in trainers), (trainers[1], "2d")]:
+        fold = folders.results / "Dataset987_tiny" / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
         _, per_case = steps.evaluate_validation(fold, raw)
         summary = json.loads((fold / "validation" / "summary.json").read_text())
         names = {str(v): k for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items()}
