@@ -210,3 +210,21 @@ def test_env_points_nnunet_at_our_trainers(capsys):
     assert {k for k in exports if k.startswith("nnUNet_")} >= {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"}
     assert all(Path(exports[k]).is_relative_to(Path(__file__).parent.parent / "data" / "adhoc")
                for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+
+
+def test_a_dataset_without_data_is_reported_and_skipped_by_both_stages(tmp_path, capsys):
+    """The paper profile names benchmarks a user may not hold: their stages finish, saying so, as prepare does."""
+    from rwkvlab import config
+    from rwkvlab.nnunet.__main__ import SKIPPED, study_preprocess, study_train
+
+    p = config.load(Path(__file__).parent / "params.yaml", **{
+        "nnunet.root": str(tmp_path / "nnunet"), "base.reports_dir": str(tmp_path / "reports"),
+        "nnunet.datasets.volume_demo.source": str(tmp_path / "absent")})
+    study_preprocess(p, "volume_demo")
+    assert f"{tmp_path / 'absent'}: no dataset.json" in capsys.readouterr().out
+    study_train(p, "volume_demo-rwkv_unet3d_t")
+    folders = steps.study_folders(p, "volume_demo", "volume_demo-rwkv_unet3d_t")
+    reports = tmp_path / "reports/nnunet/volume_demo-rwkv_unet3d_t"
+    for folder in (folders.raw, folders.preprocessed, folders.results, reports):
+        assert (folder / SKIPPED).is_file(), folder
+    assert not (reports / "metrics.json").exists()

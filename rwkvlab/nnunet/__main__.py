@@ -81,11 +81,11 @@ def study_preprocess(p: config.Params, name: str) -> None:
     folders = steps.study_folders(p, name)
     for folder in (folders.raw, folders.preprocessed):
         shutil.rmtree(folder, ignore_errors=True)
-    if not (entry.source / "dataset.json").is_file():
-        _skip([folders.raw, folders.preprocessed], f"nnunet.datasets.{name}: {entry.source} holds no dataset "
-                                                   f"(no dataset.json); put the dataset there (docs §24)")
+    try:
+        steps.import_raw(entry.source, folders, entry.id, name)
+    except DataError as e:  # no dataset there: reported and skipped, as prepare does
+        _skip([folders.raw, folders.preprocessed], f"nnunet.datasets.{name}: {e}")
         return
-    steps.import_raw(entry.source, folders, entry.id, name)
     steps.preprocess(folders, entry.id, [entry.configuration], processes=_processes())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -73,9 +72,9 @@ class Folders:
 
 
 def study_folders(p: Params, dataset: str, run: str | None = None) -> Folders:
-    """The study's folders of ``nnunet.datasets.<dataset>``; results per run, so each stage owns its own."""
+    """The study's folders of ``nnunet.datasets.<dataset>``; results per ``run``, so each stage owns its own."""
     root = p.nnunet.root / dataset
-    return Folders(root / "raw", root / "preprocessed", root / "results" / (run or "_none"))
+    return Folders(root / "raw", root / "preprocessed", root / "results" / run if run else root / "results")
 
 
 def adhoc_folders(p: Params) -> Folders:
@@ -109,10 +108,6 @@ def budget_trainer(trainer: str, epochs: int, iterations: int) -> str:
     return trainer if (epochs, iterations) == NNUNET_BUDGET else f"{trainer}_{epochs}epochs_{iterations}iters"
 
 
-def _has_data(source: Path) -> bool:
-    return (source / "dataset.json").is_file()
-
-
 def import_raw(source: Path, folders: Folders, dataset_id: int, name: str) -> Path:
     """Copy a raw dataset into ``nnUNet_raw`` as ``Dataset<id>_<name>``, replacing an earlier copy atomically.
 
@@ -123,7 +118,7 @@ def import_raw(source: Path, folders: Folders, dataset_id: int, name: str) -> Pa
         DataError: naming ``source`` when it has no ``dataset.json``.
     """
     source = Path(source)
-    if not _has_data(source):
+    if not (source / "dataset.json").is_file():
         raise DataError(f"{source}: no dataset.json; expected a raw folder in nnU-Net v2's layout (dataset.json, "
                         f"imagesTr/, labelsTr/) or an MSD task folder (docs §24)")
     target = folders.raw / dataset_folder(dataset_id, name)
@@ -175,8 +170,8 @@ def preprocess(folders: Folders, dataset_id: int, configurations: Sequence[str],
         nnunet_preprocess([dataset_id], configurations=tuple(configurations),
                           num_processes=(processes,) * len(configurations))
     out = folders.preprocessed / name
-    cases = sorted(f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.stem
-                   for f in (out / "gt_segmentations").iterdir())
+    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
+    cases = sorted(f.name[: -len(ending)] for f in (out / "gt_segmentations").glob(f"*{ending}"))
     splits = generate_crossval_split(cases, seed=SPLIT_SEED, n_splits=5)
     atomic_write(out / "splits_final.json", lambda f: f.write_text(json.dumps(splits, indent=2) + "\n"))
     return out
@@ -196,7 +191,8 @@ def write_plans(folders: Folders, dataset_id: int, model: str, source_plans: str
     from rwkvlab.nnunet.network import architecture
 
     if model not in list_models("rwkv_unet*"):
-        raise ValueError(f"--model {model!r} is not a registered RWKV-UNet; one of {', '.join(list_models('rwkv_unet*'))}")
+        raise ValueError(f"--model {model!r} is not a registered RWKV-UNet; one of "
+                         f"{', '.join(list_models('rwkv_unet*'))}")
 
     base = folders.preprocessed / nnunet_name(folders, dataset_id)
     source = base / f"{source_plans}.json"
@@ -222,14 +218,6 @@ def write_plans(folders: Folders, dataset_id: int, model: str, source_plans: str
     return target
 
 
-def _seed(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(folders: Folders, dataset_id: int, configuration: str, trainer: str, fold: int, plans: str = "nnUNetPlans",
           device: str = "cpu", seed: int | None = None, augmentation_workers: int | None = None) -> Path:
     """Train one fold with nnU-Net's ``run_training`` (what ``nnUNetv2_train`` calls), then its validation.
@@ -242,6 +230,7 @@ def train(folders: Folders, dataset_id: int, configuration: str, trainer: str, f
     """
     import torch
     from nnunetv2.run.run_training import run_training
+    from timm.utils import random_seed
 
     name = nnunet_name(folders, dataset_id)
     with folders.active(augmentation_workers):
@@ -251,7 +240,7 @@ def train(folders: Folders, dataset_id: int, configuration: str, trainer: str, f
             return out
         resume = not final and any((out / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_best.pth"))
         if seed is not None:
-            _seed(seed)
+            random_seed(seed)  # Python, NumPy and torch: nnU-Net's sampling, augmentation and initialisation
         if device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)  # as nnUNetv2_train -device cpu
         run_training(str(dataset_id), configuration, fold, trainer, plans, continue_training=resume,
@@ -307,12 +296,9 @@ def evaluate_validation(fold_dir: Path, raw_dataset: Path) -> tuple[dict[str, fl
 
 
 def commands(dataset_id: int, configuration: str, trainer: str, fold: int | str = 0, plans: str = "nnUNetPlans",
-             device: str = "cpu", model: str | None = None) -> list[str]:
-    """The nnU-Net command lines of the whole path, for the environment :meth:`Folders.environment` sets."""
-    lines = [f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration} --verify_dataset_integrity"]
-    if model is not None:
-        lines.append(f"python -m rwkvlab.nnunet plans {dataset_id} --model {model}")
-    lines += [f"nnUNetv2_train {dataset_id} {configuration} {fold} -tr {trainer} -p {plans} -device {device}",
-              f"nnUNetv2_predict -i <images> -o <predictions> -d {dataset_id} -c {configuration} -tr {trainer} "
-              f"-p {plans} -f {fold} -device {device}"]
-    return lines
+             device: str = "cpu") -> list[str]:
+    """nnU-Net's plan-and-preprocess, train and predict lines, for the environment :meth:`Folders.environment` sets."""
+    return [f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration} --verify_dataset_integrity",
+            f"nnUNetv2_train {dataset_id} {configuration} {fold} -tr {trainer} -p {plans} -device {device}",
+            f"nnUNetv2_predict -i <images> -o <predictions> -d {dataset_id} -c {configuration} -tr {trainer} "
+            f"-p {plans} -f {fold} -device {device}"]
